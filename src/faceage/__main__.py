@@ -1,0 +1,3 @@
+from faceage.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The ``faceage`` command line: one subcommand per module, each a thin layer over the Python API.
+
+Every subcommand module defines ``add_parser(subparsers)``, which registers its parser and sets
+``func`` to the function that runs it. Heavy imports (torch, dlib) happen inside those functions so
+that ``faceage --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module; the order is the order shown in --help.
+COMMANDS: dict[str, str] = {
+    "info": "faceage.cli.info",
+    "bench": "faceage.cli.bench",
+}
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faceage", description="Face age transformation: train, evaluate and age real photos."
+    )
+    from faceage import __version__
+
+    parser.add_argument("--version", action="version", version=f"faceage {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"faceage {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"faceage {args.command}: interrupted", file=sys.stderr)
+        return 130

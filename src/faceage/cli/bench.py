@@ -1,0 +1,24 @@
+"""``faceage bench WHAT``: benchmarks that print the figures the project promises.
+
+Each benchmark lives in ``faceage.bench.<name>`` and defines ``add_arguments(parser)`` and
+``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES: dict[str, tuple[str, str]] = {
+    # name: (module, one-line help)
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark and print its figures")
+    which = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    for name, (module, help_) in BENCHES.items():
+        mod = importlib.import_module(module)
+        q = which.add_parser(name, help=help_)
+        mod.add_arguments(q)
+        q.set_defaults(func=mod.run)

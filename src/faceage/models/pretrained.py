@@ -1,0 +1,79 @@
+"""Released weights: a folder with ``model.safetensors`` (generator state dict) and ``config.json``.
+
+``config.json`` is plain data::
+
+    {"format_version": 1, "model": "ragan", "model_config": {...}, "scheme": {"name", "lower"},
+     "image_size": 128, "align": {...}, ...}
+
+The generator is rebuilt with ``get_model(model).build_generator(model_config)``, so loading needs no
+pickled code and no training machinery.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from faceage.models.registry import get_model
+from faceage.utils import atomic_write_bytes, atomic_write_text
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def save_pretrained(folder: str | Path, generator: torch.nn.Module, meta: dict) -> Path:
+    """Write ``generator``'s weights and ``meta`` (must name ``model`` and ``model_config``) to ``folder``."""
+    missing = {"model", "model_config", "scheme", "image_size"} - set(meta)
+    if missing:
+        raise ValueError(f"pretrained meta is missing {sorted(missing)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
+    return folder
+
+
+def is_pretrained_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file()
+
+
+def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the generator saved in ``folder``; returns ``(generator in eval mode, meta)``."""
+    folder = Path(folder)
+    if not is_pretrained_dir(folder):
+        raise FileNotFoundError(f"{folder} is not a faceage model folder (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+    generator = get_model(meta["model"]).build_generator(meta["model_config"])
+    generator.load_state_dict(load_file(str(folder / WEIGHTS_NAME), device="cpu"))
+    return generator.to(device).eval(), meta
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A generator from an exported folder or a training checkpoint (``.pt``), with its meta.
+
+    A checkpoint is plain data (see ``faceage.train.checkpoint``) holding the same meta keys as
+    ``config.json`` plus ``networks``; its EMA generator is preferred when present.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_pretrained(path, device)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}: expected an exported folder or a checkpoint .pt file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        meta = {k: ckpt[k] for k in ("model", "model_config", "scheme", "image_size")}
+        networks = ckpt["networks"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a faceage checkpoint (missing {e})") from None
+    meta["align"] = ckpt.get("align")
+    generator = get_model(meta["model"]).build_generator(meta["model_config"])
+    generator.load_state_dict(networks["generator_ema"] if "generator_ema" in networks else networks["generator"])
+    return generator.to(device).eval(), meta

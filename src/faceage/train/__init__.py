@@ -1,0 +1,1 @@
+"""Training engine: config, loop, checkpoints, EMA, DDP. Inference never imports this package."""
