@@ -26,10 +26,8 @@ class AgeScheme:
         lower = tuple(int(v) for v in self.lower)
         if len(lower) < 2:
             raise ValueError(f"age scheme {self.name!r} needs at least two groups, got edges {lower}")
-        if lower[0] != 0 or any(b <= a for a, b in zip(lower, lower[1:])):
-            raise ValueError(
-                f"age scheme {self.name!r}: edges must start at 0 and strictly increase, got {lower}"
-            )
+        if lower[0] != 0 or any(b <= a for a, b in zip(lower, lower[1:], strict=False)):
+            raise ValueError(f"age scheme {self.name!r}: edges must start at 0 and strictly increase, got {lower}")
         object.__setattr__(self, "lower", lower)
 
     @property
@@ -114,6 +112,4 @@ def get_scheme(spec: str) -> AgeScheme:
     if re.fullmatch(r"\d+(\s*,\s*\d+)+", spec):
         edges = tuple(int(v) for v in spec.split(","))
         return AgeScheme(f"custom:{','.join(map(str, edges))}", edges)
-    raise ValueError(
-        f"unknown age scheme {spec!r}; known: {', '.join(SCHEMES)}, or lower edges like '0,20,40,60'"
-    )
+    raise ValueError(f"unknown age scheme {spec!r}; known: {', '.join(SCHEMES)}, or lower edges like '0,20,40,60'")
