@@ -24,3 +24,40 @@ def astronaut():
     """scikit-image's astronaut photo: a real, redistributable face with background (512x512 RGB)."""
     skdata = pytest.importorskip("skimage.data")
     return skdata.astronaut()
+
+
+# A RAGAN small enough to run in milliseconds on a CPU; random weights, 32 px, the 5-group acgan5 scheme.
+TINY_RAGAN_CONFIG = {
+    "image_size": 32,
+    "num_groups": 5,
+    "channels": 4,
+    "max_channels": 16,
+    "downsamples": 2,
+    "skip_factors": [2],
+    "style_dim": 16,
+    "modulator_layers": 1,
+    "bottleneck_blocks": 1,
+    "d_channels": 4,
+    "d_max_channels": 16,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_ragan_dir(tmp_path_factory) -> Path:
+    """A released model folder (safetensors + config.json) holding a tiny randomly initialised RAGAN."""
+    import torch
+
+    from faceage.groups import get_scheme
+    from faceage.models import get_model
+    from faceage.models.pretrained import save_pretrained
+
+    torch.manual_seed(0)
+    generator = get_model("ragan").build_generator(TINY_RAGAN_CONFIG)
+    meta = {
+        "model": "ragan",
+        "model_config": TINY_RAGAN_CONFIG,
+        "scheme": get_scheme("acgan5").to_dict(),
+        "image_size": 32,
+        "align": {"preset": "utkface"},
+    }
+    return save_pretrained(tmp_path_factory.mktemp("tiny_ragan") / "tiny", generator, meta)

@@ -10,8 +10,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from faceage.infer.ager import Ager
 
 
-def load(name_or_path: str | None = None, device: str | None = None) -> Ager:
-    """Load an ager: the bundled model by default, or a registered name / checkpoint / exported folder."""
+def load(
+    name_or_path: str | None = None, device: str | None = None, *, backend: str | None = None, precision: str = "fp32"
+) -> Ager:
+    """Load an ager: the bundled model by default, or a model name / checkpoint / exported folder / .onnx file."""
     from faceage.infer.ager import load as _load
 
-    return _load(name_or_path, device=device)
+    return _load(name_or_path, device=device, backend=backend, precision=precision)

@@ -14,6 +14,12 @@ import sys
 # name -> module; the order is the order shown in --help.
 COMMANDS: dict[str, str] = {
     "info": "faceage.cli.info",
+    "prepare": "faceage.cli.prepare",
+    "face": "faceage.cli.face",
+    "age": "faceage.cli.age",
+    "export": "faceage.cli.export",
+    "eval": "faceage.cli.eval",
+    "train-age-estimator": "faceage.cli.train_age_estimator",
     "bench": "faceage.cli.bench",
 }
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 
 # Registered name -> module that defines it.
-_MODULES: dict[str, str] = {}
+_MODULES: dict[str, str] = {
+    "ragan": "faceage.models.ragan",
+}
 _REGISTRY: dict[str, type] = {}
 
 

@@ -1,0 +1,162 @@
+"""``faceage bench age``: how fast faceage ages faces on this machine.
+
+Prints ms per face at the model's resolution for eager fp32, eager bf16 (autocast) and onnxruntime at
+batch 1 and 16, then the latency of ageing a whole 1024x768 photo (detection, alignment, generator,
+colour match and paste-back) with the fastest batch-1 backend. Without ``--model`` it times a randomly
+initialised RAGAN of the default configuration at ``--size`` px: speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from faceage.cli import CLIError
+
+PHOTO_SIZE = (1024, 768)  # width, height of the whole-photo benchmark
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name or path (default: a random RAGAN at --size)")
+    p.add_argument("--size", type=int, default=256, help="resolution of the random RAGAN (default 256)")
+    p.add_argument("--scheme", default="utk14", help="age scheme of the random RAGAN (default utk14)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
+    p.add_argument(
+        "--backends", nargs="+", default=["fp32", "bf16", "onnx"], choices=["fp32", "bf16", "onnx"],
+        help="what to time (default: all three)",
+    )  # fmt: skip
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the median is reported")
+    p.add_argument("--photo", type=Path, help=f"photo for the whole-photo figure (default: astronaut on {PHOTO_SIZE})")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _generator(args: argparse.Namespace):
+    """``(generator in fp32 on CPU, meta, what it is)`` for the given model or a random RAGAN."""
+    import torch
+
+    from faceage.groups import get_scheme
+    from faceage.models.pretrained import load_generator
+    from faceage.models.registry import get_model
+
+    if args.model:
+        from faceage.infer.resolve import resolve_model
+
+        path = resolve_model(args.model)
+        generator, meta = load_generator(path, "cpu")
+        return generator, meta, str(path)
+    scheme = get_scheme(args.scheme)
+    config = {"image_size": args.size, "num_groups": scheme.num_groups}
+    torch.manual_seed(0)
+    generator = get_model("ragan").build_generator(config).eval()
+    meta = {"model": "ragan", "model_config": config, "scheme": scheme.to_dict(), "image_size": args.size}
+    return generator, {**meta, "align": None}, f"random RAGAN (default config, {args.size}px, {scheme.name})"
+
+
+def _backends(generator, meta: dict, names: list[str], workdir: Path) -> dict:
+    from faceage.infer.backends import OnnxBackend, TorchBackend
+
+    backends = {}
+    for name in names:
+        if name == "onnx":
+            from faceage.infer.export import export_onnx
+
+            backends["onnxruntime"] = OnnxBackend(export_onnx(generator, meta, workdir / "model.onnx"))
+        else:
+            backends[f"eager {name}"] = TorchBackend(generator, name)
+    return backends
+
+
+def _photo(path: Path | None) -> np.ndarray:
+    """The benchmark photo: ``path``, or skimage's astronaut scaled to 768 px on a 1024x768 canvas."""
+    if path is not None:
+        from faceage.data.imageio import read_image
+
+        return read_image(path)
+    from PIL import Image
+    from skimage.data import astronaut
+
+    w, h = PHOTO_SIZE
+    face = np.asarray(Image.fromarray(astronaut()).resize((h, h), Image.Resampling.BICUBIC))
+    return np.pad(face, (((0, 0), ((w - h) // 2, (w - h) - (w - h) // 2), (0, 0))), mode="edge")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from faceage.infer.ager import Ager
+
+    generator, meta, what = _generator(args)
+    size, groups = int(meta["image_size"]), len(meta["scheme"]["lower"])
+    report: dict = {
+        "model": what,
+        "image_size": size,
+        "threads": torch.get_num_threads(),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "ms_per_face": {},
+    }
+    print(f"faceage bench age: {what}, {torch.get_num_threads()} threads", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="faceage-bench-") as tmp:
+        backends = _backends(generator, meta, args.backends, Path(tmp))
+        for name, backend in backends.items():
+            for batch in args.batches:
+                x = rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
+                t = rng.integers(0, groups, batch).astype(np.int64)
+                ms = _median_ms(lambda b=backend, x=x, t=t: b(x, t), args.repeats) / batch
+                report["ms_per_face"][f"{name} batch {batch}"] = round(ms, 2)
+                print(f"  {name:12s} batch {batch:3d}: {ms:8.2f} ms/face", file=sys.stderr)
+        batch1 = {k: v for k, v in report["ms_per_face"].items() if k.endswith(" batch 1")}
+        fastest = min(batch1, key=batch1.get).removesuffix(" batch 1")
+        report.update(_whole_photo(Ager(backends[fastest], meta), args, fastest))
+    _print(report, args.json)
+    return 0
+
+
+def _whole_photo(ager, args: argparse.Namespace, backend: str) -> dict:
+    """Latency of ageing a whole photo end to end, and of face detection alone."""
+    from faceage.face import detect
+
+    photo = _photo(args.photo)
+    faces = len(detect(photo))
+    if faces == 0:
+        raise CLIError(f"no face found in the benchmark photo {args.photo or 'astronaut'}; pass --photo PATH")
+    detect_ms = _median_ms(lambda: detect(photo), args.repeats)
+    total_ms = _median_ms(lambda: ager.age(photo, ager.labels[-1]), args.repeats)
+    return {
+        "photo": f"{photo.shape[1]}x{photo.shape[0]}, {faces} face(s)",
+        "photo_backend": backend,
+        "photo_detect_ms": round(detect_ms, 1),
+        "photo_total_ms": round(total_ms, 1),
+    }
+
+
+def _print(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"model: {report['model']}  ({report['threads']} threads, {report['cpu']})")
+    print(f"ms per face at {report['image_size']}px:")
+    for k, v in report["ms_per_face"].items():
+        print(f"  {k:26s} {v:8.2f}")
+    print(f"whole photo {report['photo']} with {report['photo_backend']}:")
+    print(f"  detection                  {report['photo_detect_ms']:8.1f} ms")
+    print(f"  total (detect+align+G+paste) {report['photo_total_ms']:6.1f} ms")

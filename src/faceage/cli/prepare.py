@@ -1,0 +1,84 @@
+"""``faceage prepare``: turn a face dataset folder into a cache that training reads fast."""
+
+from __future__ import annotations
+
+import argparse
+
+from faceage.cli import CLIError
+
+DATASETS = ["utkface", "ffhq-aging", "cacd", "morph", "imdb-wiki", "csv"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="decode, resize and split a dataset into a fast cache",
+        description=(
+            "Decode every labelled photo of a dataset, resize it (or align it, with --align), split it "
+            "train/val/test and write a memory-mapped cache. Re-running with the same inputs does nothing; "
+            "an interrupted run resumes; files that cannot be used are counted by reason and listed in "
+            "CACHE/skipped.csv."
+        ),
+    )
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="how the dataset labels its photos")
+    p.add_argument("--root", required=True, help="the dataset folder (or its label file: CSV or .mat)")
+    p.add_argument("--out", required=True, metavar="CACHE", help="cache folder to create or update")
+    p.add_argument("--size", type=int, default=128, help="output side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
+    p.add_argument(
+        "--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1); kept per identity"
+    )
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    p.add_argument("--min-size", type=int, default=32, help="skip photos whose short side is below this (default 32)")
+    p.add_argument("--chunk-size", type=int, default=128, help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def transform_from_args(args: argparse.Namespace) -> tuple[str, dict]:
+    """The per-image transform and its options chosen by the command line (see faceage.data.transforms)."""
+    return "resize", {}
+
+
+def run(args: argparse.Namespace) -> int:
+    from faceage.data.cache import CacheError
+    from faceage.data.prepare import PrepareConfig, prepare
+    from faceage.data.records import DatasetError
+
+    try:
+        split = tuple(float(v) for v in args.split.split(","))
+    except ValueError:
+        raise CLIError(f"--split {args.split!r}: expected three fractions like 0.8,0.1,0.1") from None
+    transform, options = transform_from_args(args)
+    cfg = PrepareConfig(
+        dataset=args.dataset,
+        root=args.root,
+        out=args.out,
+        size=args.size,
+        seed=args.seed,
+        split=split,
+        min_size=args.min_size,
+        transform=transform,
+        transform_options=options,
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    try:
+        result = prepare(cfg)
+    except (DatasetError, CacheError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if result.status == "up to date":
+        print(f"cache up to date, nothing to do: {result.images} images in {result.cache}")
+        return 0
+    splits = ", ".join(f"{k} {v}" for k, v in result.splits.items())
+    skipped = sum(result.skipped.values())
+    print(f"{result.status} {result.cache} in {result.seconds:.1f} s")
+    print(f"  {result.files} files -> {result.images} images ({splits}), {skipped} skipped")
+    if result.reused:
+        print(f"  {result.decoded} decoded, {result.reused} reused from the previous cache")
+    for reason, count in result.skipped.items():
+        print(f"  skipped {count:6d}  {reason}")
+    if skipped:
+        print(f"  list of skipped files: {result.report}")
+    return 0

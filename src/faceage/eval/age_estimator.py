@@ -1,0 +1,200 @@
+"""A compact CNN that judges apparent age: the referee of ``faceage eval``.
+
+A narrow ResNet (four stages of basic blocks after a stride-4 stem, ~2.8 M parameters, channels-last) maps a face in
+[-1, 1] to a distribution over whole years ``0..max_age``. The estimate is the distribution's expected
+value (DEX, Rothe et al. 2015); training matches a Gaussian label distribution around the true age and
+also penalises the expected value's L1 error (DLDL-v2, Gao et al. 2018). The pooled penultimate
+features double as the feature space of the "FD-age" realism metric.
+
+Saved as ``age_estimator.safetensors`` + ``config.json`` + ``train_ids.txt``; the config records the
+hash of the training sample ids, so anyone can check that no evaluated face was ever trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save
+from torch import nn
+
+from faceage.utils import atomic_write_bytes, atomic_write_text
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "age_estimator.safetensors"
+CONFIG_NAME = "config.json"
+IDS_NAME = "train_ids.txt"
+
+
+@dataclass
+class AgeEstimatorConfig:
+    """Architecture of the estimator; these fields are exactly what ``config.json`` stores under ``model``."""
+
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
+    max_age: int = 100
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        self.blocks = tuple(int(b) for b in self.blocks)
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError(f"widths {self.widths} and blocks {self.blocks} must be non-empty and the same length")
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = None
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.skip is None else self.skip(x)))
+
+
+class AgeEstimator(nn.Module):
+    """Face [B,3,S,S] in [-1,1] -> logits over ages 0..max_age; ``predict`` gives expected ages and features."""
+
+    def __init__(self, config: AgeEstimatorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or AgeEstimatorConfig()
+        w, blocks = self.config.widths, self.config.blocks
+        # Stride-4 stem: a 128 px face becomes 32x32 before the first stage, which keeps the net cheap.
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w[0], 5, 2, 2, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        )
+        layers, cin = [], w[0]
+        for i, (cout, n) in enumerate(zip(w, blocks, strict=True)):
+            for j in range(n):
+                layers.append(_Block(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(self.config.dropout)
+        self.head = nn.Linear(cin, self.config.max_age + 1)
+        self.register_buffer("ages", torch.arange(self.config.max_age + 1, dtype=torch.float32), persistent=False)
+        # oneDNN runs these convolutions about 1.5x faster (bf16, CPU) in channels-last layout.
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, feature_dim]: globally pooled last-stage activations."""
+        assert x.ndim == 4 and x.shape[1] == 3, x.shape
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+    def expected_age(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.float().softmax(dim=1) * self.ages).sum(dim=1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, *, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(expected ages [B] float32, features [B, D] float32)`` for faces in [-1, 1], in eval mode."""
+        was_training = self.training
+        self.eval()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = self.features(x)
+            logits = self.head(feats)
+        self.train(was_training)
+        return self.expected_age(logits), feats.float()
+
+
+def label_distribution(ages: torch.Tensor, num_bins: int, sigma: float) -> torch.Tensor:
+    """Gaussian label distributions [B, num_bins] centred on ``ages`` (DLDL), normalised over the bins."""
+    bins = torch.arange(num_bins, device=ages.device, dtype=torch.float32)
+    logp = -0.5 * ((bins[None, :] - ages.float()[:, None]) / sigma) ** 2
+    return logp.softmax(dim=1)
+
+
+def dldl_loss(
+    logits: torch.Tensor, ages: torch.Tensor, *, sigma: float = 2.0, l1_weight: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """KL(label distribution || prediction) + ``l1_weight`` * |expected age - age|, with both terms for logging."""
+    logits = logits.float()
+    target = label_distribution(ages.clamp(0, logits.shape[1] - 1), logits.shape[1], sigma)
+    logq = logits.log_softmax(dim=1)
+    kl = F.kl_div(logq, target, reduction="batchmean")
+    expected = (logq.exp() * torch.arange(logits.shape[1], device=logits.device)).sum(dim=1)
+    l1 = (expected - ages.float()).abs().mean()
+    return {"loss": kl + l1_weight * l1, "kl": kl, "l1": l1}
+
+
+def ids_digest(ids: list[str] | np.ndarray) -> str:
+    """SHA-256 of the sorted, newline-joined sample ids: the fingerprint of a training set."""
+    return hashlib.sha256("\n".join(sorted(str(i) for i in ids)).encode()).hexdigest()
+
+
+@dataclass
+class EstimatorInfo:
+    """What ``config.json`` says about a trained estimator besides its architecture."""
+
+    model: AgeEstimatorConfig
+    image_size: int
+    train_ids_sha256: str
+    num_train_ids: int
+    metrics: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+
+def save_estimator(folder: str | Path, net: AgeEstimator, info: EstimatorInfo, train_ids: list[str]) -> Path:
+    """Write weights (safetensors), ``config.json`` and the exact training ids to ``folder``."""
+    if ids_digest(train_ids) != info.train_ids_sha256 or len(train_ids) != info.num_train_ids:
+        raise ValueError("train_ids do not match info.train_ids_sha256 / num_train_ids")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
+    atomic_write_text(folder / IDS_NAME, "".join(f"{i}\n" for i in sorted(train_ids)))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps({"format_version": FORMAT_VERSION, **asdict(info)}, indent=2))
+    return folder
+
+
+def load_estimator(folder: str | Path, device: str | torch.device = "cpu") -> tuple[AgeEstimator, EstimatorInfo]:
+    """Rebuild a saved estimator (eval mode) and its info; a missing or foreign folder is a clear error."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder} is not an age-estimator folder (needs {WEIGHTS_NAME} and {CONFIG_NAME}); "
+            "train one with `faceage train-age-estimator --data CACHE --out DIR`"
+        )
+    raw = json.loads((folder / CONFIG_NAME).read_text())
+    if raw.pop("format_version", None) != FORMAT_VERSION:
+        raise ValueError(f"{folder / CONFIG_NAME}: unsupported format_version (expected {FORMAT_VERSION})")
+    info = EstimatorInfo(**{**raw, "model": AgeEstimatorConfig(**raw["model"])})
+    net = AgeEstimator(info.model)
+    net.load_state_dict(load_file(str(folder / WEIGHTS_NAME), device="cpu"))
+    return net.to(device).eval(), info
+
+
+def training_ids(folder: str | Path) -> set[str]:
+    """The ids of every sample the estimator in ``folder`` was trained on, checked against its recorded hash."""
+    folder = Path(folder)
+    info = json.loads((folder / CONFIG_NAME).read_text())
+    ids = [line for line in (folder / IDS_NAME).read_text().splitlines() if line]
+    if ids_digest(ids) != info["train_ids_sha256"]:
+        raise ValueError(f"{folder / IDS_NAME} does not match train_ids_sha256 in {CONFIG_NAME}; the folder was edited")
+    return set(ids)
+
+
+def sample_ids(cache, indices: np.ndarray) -> list[str]:
+    """Stable ids of cache rows: each face's source path relative to the dataset root (unique in a dataset)."""
+    rel = getattr(cache, "relpaths", None)
+    if rel is None:
+        return [Path(str(cache.paths[i])).name for i in indices]
+    return [str(rel[i]) for i in indices]

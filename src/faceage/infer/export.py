@@ -1,0 +1,84 @@
+"""Export a generator to ONNX, with its meta (scheme, image size, alignment) inside the file.
+
+The ONNX graph takes ``image`` (float32 [B,3,S,S] in [-1,1]) and ``target`` (int64 [B] group index) and
+returns ``aged`` (float32 [B,3,S,S]); the batch size is free. The meta dict that ``config.json`` holds
+for a released folder is stored as JSON in the model's ``metadata_props`` under ``faceage.meta``, so the
+one file is enough to age photos with ``faceage age --model OUT.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceage.utils import atomic_write_bytes
+
+META_KEY = "faceage.meta"
+INPUT_NAMES = ["image", "target"]
+OUTPUT_NAMES = ["aged"]
+DEFAULT_OPSET = 18
+
+
+def export_onnx(generator: torch.nn.Module, meta: dict, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
+    """Trace ``generator`` (fp32, CPU) to an ONNX file at ``path`` with a dynamic batch and ``meta`` embedded."""
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'faceage[onnx]'") from None
+    generator = generator.float().cpu().eval()
+    size = int(meta["image_size"])
+    num_groups = len(meta["scheme"]["lower"])
+    x = torch.zeros(2, 3, size, size)
+    t = torch.tensor([0, num_groups - 1], dtype=torch.int64)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter logs that torchvision ops are unavailable and warns about its own internals: not our concern.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used.*")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        program = torch.onnx.export(
+            generator,
+            (x, t),
+            dynamo=True,
+            verbose=False,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_shapes=({0: batch}, {0: batch}),
+            opset_version=opset,
+        )
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key = META_KEY
+    entry.value = json.dumps(meta)
+    path = Path(path)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def read_onnx_meta(path: str | Path) -> dict:
+    """The faceage meta stored in an ONNX file by :func:`export_onnx`."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == META_KEY:
+            return json.loads(entry.value)
+    raise ValueError(f"{path} has no faceage meta; export it with `faceage export --model MODEL --onnx {path}`")
+
+
+def onnx_max_error(generator: torch.nn.Module, path: str | Path, *, batch: int = 3, seed: int = 0) -> float:
+    """Largest absolute difference between eager fp32 torch and onnxruntime on random faces and targets."""
+    from faceage.infer.backends import OnnxBackend, TorchBackend
+
+    meta = read_onnx_meta(path)
+    size, num_groups = int(meta["image_size"]), len(meta["scheme"]["lower"])
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(batch, 3, size, size)).astype(np.float32)
+    t = rng.integers(0, num_groups, size=batch).astype(np.int64)
+    expected = TorchBackend(generator.float().cpu(), "fp32")(x, t)
+    return float(np.abs(OnnxBackend(path)(x, t) - expected).max())

@@ -1,0 +1,72 @@
+"""Paste aged face crops back into the photo they came from.
+
+Each generated crop is first colour-matched to the original crop inside the ring where the feathered
+mask fades out (so no seam shows), then warped back with the exact inverse of the alignment and blended
+with the warped mask. Pixels the mask does not reach are copied from the input untouched, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+# Mask weights below this change no pixel after rounding (255 * w < 0.5), so they are treated as zero.
+MIN_ALPHA = 1 / 512
+# The seam ring: where the feathered mask is neither fully in nor fully out.
+RING = (0.1, 0.9)
+# Per-channel contrast correction is kept within these bounds so a small ring cannot wash out a face.
+SCALE_LIMITS = (0.8, 1.25)
+MIN_RING_PIXELS = 32
+
+
+def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift and scale each channel of ``generated`` so its mean/std in the seam ring match ``original``'s."""
+    ring = (mask > RING[0]) & (mask < RING[1])
+    if ring.sum() < MIN_RING_PIXELS:
+        return generated
+    gen, orig = generated[ring], original[ring].astype(np.float32)
+    scale = np.clip(orig.std(0) / np.maximum(gen.std(0), 1e-3), *SCALE_LIMITS)
+    return np.clip((generated - gen.mean(0)) * scale + orig.mean(0), 0, 255).astype(np.float32)
+
+
+def face_window(matrix: np.ndarray, size: int, shape: tuple[int, ...], margin: int = 2) -> tuple[int, int, int, int]:
+    """The ``(x0, y0, x1, y1)`` box of the photo that a ``size``-px aligned crop covers, clipped to the photo."""
+    a, b = matrix[:, :2], matrix[:, 2]
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64)
+    points = (corners - b) @ np.linalg.inv(a).T
+    x0 = max(0, math.floor(points[:, 0].min()) - margin)
+    y0 = max(0, math.floor(points[:, 1].min()) - margin)
+    x1 = min(shape[1], math.ceil(points[:, 0].max()) + margin)
+    y1 = min(shape[0], math.ceil(points[:, 1].max()) + margin)
+    return x0, y0, x1, y1
+
+
+def paste_faces(photo: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Blend aged crops into ``photo`` (HxWx3 uint8); each piece is ``(matrix, mask SxS, crop SxSx3 float)``.
+
+    ``matrix`` maps photo coordinates to crop coordinates (``faceage.face.align``). Only the window each
+    crop covers is warped, so the cost does not grow with the photo's size.
+    """
+    from faceage.face import unalign
+
+    out = photo.astype(np.float32)
+    touched = np.zeros(photo.shape[:2], dtype=bool)
+    for matrix, mask, crop in pieces:
+        x0, y0, x1, y1 = face_window(matrix, mask.shape[0], photo.shape)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        local = matrix.astype(np.float64).copy()
+        local[:, 2] += local[:, :2] @ np.array([x0, y0], dtype=np.float64)
+        stacked = np.concatenate([crop, mask[..., None]], axis=2).astype(np.float32)
+        warped, coverage = unalign(stacked, local, (y1 - y0, x1 - x0))
+        pixels = warped[..., :3]
+        alpha = np.clip(warped[..., 3], 0, 1) * np.clip(coverage, 0, 1)
+        alpha[alpha < MIN_ALPHA] = 0
+        region = out[y0:y1, x0:x1]
+        region += (pixels - region) * alpha[..., None]
+        touched[y0:y1, x0:x1] |= alpha > 0
+    result = photo.copy()
+    result[touched] = np.clip(np.rint(out[touched]), 0, 255).astype(np.uint8)
+    return result

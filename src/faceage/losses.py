@@ -1,0 +1,55 @@
+"""Loss terms as small pure functions of tensors; their weights come from each method's config."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def generator_adversarial(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: ``softplus(-D(G(x)))``, mean over the batch."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def discriminator_adversarial(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Logistic discriminator loss: ``softplus(-D(real)) + softplus(D(fake))``, mean over the batch."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): squared gradient norm of D on real images, mean over the batch.
+
+    ``real_images`` must have ``requires_grad`` set before ``real_logits`` were computed from them.
+    """
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
+    return grad.float().square().sum(dim=(1, 2, 3)).mean()
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference (reconstruction and cycle terms)."""
+    return (a.float() - b.float()).abs().mean()
+
+
+def selected_l1(a: torch.Tensor, b: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over the samples where ``selected`` [B] is true; 0 when none are."""
+    per_sample = (a.float() - b.float()).abs().flatten(1).mean(dim=1)
+    weight = selected.float()
+    return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def feature_consistency(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between two feature maps after each is divided by its per-sample RMS.
+
+    The normalisation keeps an encoder from satisfying the term by shrinking its features towards zero.
+    """
+    a, b = a.float().flatten(1), b.float().flatten(1)
+    a = a * torch.rsqrt(a.square().mean(dim=1, keepdim=True) + 1e-8)
+    b = b * torch.rsqrt(b.square().mean(dim=1, keepdim=True) + 1e-8)
+    return (a - b).abs().mean()
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference weighted per pixel by ``weight`` [B,1,H,W] in [0,1] (e.g. 1 - face mask)."""
+    diff = (a.float() - b.float()).abs().mean(dim=1, keepdim=True)
+    weight = weight.float()
+    return (diff * weight).sum() / weight.sum().clamp(min=1.0)

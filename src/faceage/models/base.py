@@ -1,0 +1,120 @@
+"""The interface between a face-aging method and the training loop.
+
+A method is one file under ``models/`` defining a config dataclass and a :class:`FaceAgingModel`
+subclass registered with ``@register_model("name")``. The loop in ``faceage.train.loop`` knows only
+this interface:
+
+* ``networks()`` — the trainable networks by name (checkpointed by name; ``"generator"`` is required
+  and is the one the loop keeps an EMA copy of and samples from);
+* ``optimizers(lr, betas)`` — the optimisers by name;
+* ``train_step(batch, step)`` — the :class:`Phase` list for one step. The loop runs the phases in
+  order: it freezes every network not named by the phase, calls ``phase.loss()`` under autocast,
+  backpropagates ``"loss"``, averages gradients across DDP ranks and steps ``phase.optimizer``.
+
+Anything a method needs beyond "one generator update and one critic update" is said by what it returns:
+a critic trained ``n`` times per generator step returns ``n`` critic phases then one generator phase, a
+lazily applied regulariser adds its phase every ``k`` steps, a method with two generators names both in
+each phase. The loop never changes for a new method.
+
+Everything here is plain torch: loading a generator for inference imports this module but never the
+training package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Phase:
+    """One optimiser update within a training step: which networks learn, from which loss, with which optimiser.
+
+    ``loss`` returns a dict holding ``"loss"`` (the scalar to minimise) and any other named terms, which
+    are logged. Phases run in order, so a closure may reuse tensors an earlier phase produced (detached),
+    e.g. the critic phase scoring the fakes the generator phase made.
+    """
+
+    name: str
+    optimizer: str
+    networks: tuple[str, ...]
+    loss: Callable[[], dict[str, torch.Tensor]]
+
+
+class FaceAgingModel(nn.Module):
+    """Base class of a face-aging method: its networks, its optimisers and what one training step does.
+
+    Subclasses set ``self.generator`` (the network exported for inference) and their other networks as
+    attributes in ``__init__``.
+    """
+
+    name: ClassVar[str]  # set by @register_model
+    config_class: ClassVar[type]  # the method's config dataclass; its fields are the saved model_config
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def make_config(cls, model_config: dict) -> Any:
+        """The method's config dataclass from a plain dict; unknown keys and wrong types are errors."""
+        return config_from_dict(cls.config_class, model_config, where="model")
+
+    @classmethod
+    def build_generator(cls, model_config: dict) -> nn.Module:
+        """The inference generator ``G(x [B,3,S,S] in [-1,1], target int64 [B]) -> [B,3,S,S] in [-1,1]``."""
+        raise NotImplementedError
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Trainable networks by name; by default every direct submodule."""
+        return dict(self.named_children())
+
+    def optimizers(self, lr: float, betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per network, keyed like ``networks()``; override for other pairings."""
+        return {name: torch.optim.Adam(net.parameters(), lr=lr, betas=betas) for name, net in self.networks().items()}
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> list[Phase]:
+        """The phases of training step ``step`` on ``batch`` (a dict of tensors already on the device)."""
+        raise NotImplementedError
+
+
+def config_from_dict(cls: type, data: dict, where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``; errors name the bad key, its section ``where`` and the valid keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where!r} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ValueError(f"unknown config key {where}.{unknown[0]}; valid keys in {where!r}: {', '.join(names)}")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as type ``hint`` (bool, int, float, str, tuple[...]), or a ValueError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"config key {key} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ValueError(f"config key {key} must have {len(item_types)} items, got {value!r}")
+        return tuple(_coerce(v, t, key) for v, t in zip(value, item_types, strict=True))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if hint not in ok:
+        raise TypeError(f"config key {key} has unsupported type {hint}")
+    if not ok[hint]:
+        raise ValueError(f"config key {key} must be {hint.__name__}, got {value!r}")
+    return float(value) if hint is float else value

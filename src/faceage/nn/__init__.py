@@ -1,0 +1,1 @@
+"""Building blocks shared by every face-aging method: modulated convolutions and residual blocks."""

@@ -1,0 +1,154 @@
+"""The Python ageing API: model lookup, aligned crops, whole photos with paste-back, strips, batching."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import faceage
+from faceage import paths
+from faceage.infer import Ager, ModelNotFoundError, NoFaceError
+from faceage.infer.backends import TorchBackend
+from faceage.infer.paste import match_colour
+from faceage.infer.strip import label_height
+from faceage.models.pretrained import load_pretrained
+
+
+@pytest.fixture(scope="module")
+def ager(tiny_ragan_dir):
+    return faceage.load(tiny_ragan_dir, device="cpu")
+
+
+def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_load_by_name_from_faceage_home(tiny_ragan_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEAGE_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mine").symlink_to(tiny_ragan_dir, target_is_directory=True)
+    ager = faceage.load("mine", device="cpu")
+    assert ager.image_size == 32 and ager.labels == ["0-20", "21-30", "31-40", "41-50", "51+"]
+
+
+def test_missing_models_say_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEAGE_HOME", str(tmp_path))
+    monkeypatch.setattr(paths, "BUNDLED_WEIGHTS_DIR", tmp_path / "weights")
+    with pytest.raises(ModelNotFoundError, match="no bundled model is installed") as e:
+        faceage.load()
+    assert "faceage train" in str(e.value) and "faceage export" in str(e.value) and "--model PATH" in str(e.value)
+    with pytest.raises(ModelNotFoundError, match=r"no model named 'nope' in .*available: none"):
+        faceage.load("nope")
+    with pytest.raises(ModelNotFoundError, match="no model at"):
+        faceage.load(tmp_path / "missing.pt")
+
+
+def test_load_checkpoint_prefers_ema(tiny_ragan_dir, tmp_path):
+    generator, meta = load_pretrained(tiny_ragan_dir)
+    ema = {k: v + 0.01 for k, v in generator.state_dict().items()}
+    ckpt = {**meta, "networks": {"generator": generator.state_dict(), "generator_ema": ema}, "step": 3}
+    torch.save(ckpt, tmp_path / "run.pt")
+    loaded = faceage.load(tmp_path / "run.pt", device="cpu")
+    weights = loaded.backend.generator.state_dict()
+    assert all(torch.equal(weights[k], ema[k]) for k in ema)
+
+
+def test_aligned_crop_is_the_generator_output_at_the_input_size(ager):
+    crop = _noise(32, 32)
+    out = ager.age(crop, 45, aligned=True)
+    x = crop.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1
+    y = TorchBackend(ager.backend.generator)(x, np.array([3]))[0].transpose(1, 2, 0)
+    np.testing.assert_array_equal(np.asarray(out), np.clip(np.rint((y + 1) * 127.5), 0, 255).astype(np.uint8))
+    resized = ager.age(Image.fromarray(_noise(50, 70)), "21-30", aligned=True)
+    assert resized.size == (70, 50) and resized.mode == "RGB"
+
+
+def test_batched_form_matches_one_by_one(ager):
+    images = [_noise(32, 32, 1), _noise(40, 36, 2)]
+    many = ager.age_many(images, [10, "51+"], aligned=True)
+    assert [len(row) for row in many] == [2, 2]
+    for image, row in zip(images, many, strict=True):
+        for target, out in zip([10, "51+"], row, strict=True):
+            np.testing.assert_array_equal(np.asarray(out), np.asarray(ager.age(image, target, aligned=True)))
+    assert not np.array_equal(np.asarray(many[0][0]), np.asarray(many[0][1])), "targets must change the output"
+
+
+def test_bad_target_names_the_groups(ager):
+    with pytest.raises(ValueError, match="0-20, 21-30, 31-40, 41-50, 51\\+"):
+        ager.age(_noise(32, 32), "old", aligned=True)
+
+
+def test_progression_strip_has_one_labelled_tile_per_group(ager):
+    strip = ager.progression(_noise(64, 64), aligned=True)
+    assert strip.size == (5 * 32, 32 + label_height(32))
+    band = np.asarray(strip)[32:]
+    assert (band < 128).any(), "labels must be drawn in the band under the tiles"
+
+
+def test_whole_photo_changes_only_the_face(ager, astronaut):
+    from faceage.face import align, detect, unalign
+
+    out = np.asarray(ager.age(astronaut, 70))
+    assert out.shape == astronaut.shape
+    faces = detect(astronaut)  # every face is aged (here the astronaut and a weak false detection)
+    outside = np.ones(astronaut.shape[:2], dtype=bool)
+    for face in faces:
+        crop = align(astronaut, face.landmarks, 32, preset="utkface")
+        outside &= unalign(np.ones((32, 32, 3), np.float32), crop.matrix, astronaut.shape)[1] <= 0
+    assert outside.mean() > 0.8
+    np.testing.assert_array_equal(out[outside], astronaut[outside])
+    changed = (out != astronaut).any(axis=2)
+    assert changed.sum() > 500, "the face itself must be aged"
+    x0, y0, x1, y1 = (int(v) for v in faces[0].box)
+    assert changed[y0:y1, x0:x1].mean() > 0.3
+
+
+class _Unchanged(torch.nn.Module):
+    """A generator that returns its input: pasting its output back must reproduce the photo."""
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_unchanged_face_pastes_back_in_place(ager, astronaut):
+    meta = {**ager.meta, "image_size": 128}
+    out = np.asarray(Ager(TorchBackend(_Unchanged()), meta).age(astronaut, 70, largest=True))
+    diff = np.abs(out.astype(int) - astronaut)
+    changed = diff.any(axis=2)
+    assert changed.sum() > 2000, "the face region is re-rendered"
+    assert diff[changed].mean() < 3, "a misplaced paste-back would differ by far more than resampling error"
+
+
+def test_photo_without_a_face_raises(ager):
+    with pytest.raises(NoFaceError, match="no face found"):
+        ager.age(np.full((120, 160, 3), 127, np.uint8), 70)
+
+
+def test_colour_match_aligns_the_seam_ring():
+    rng = np.random.default_rng(0)
+    original = rng.integers(60, 200, (32, 32, 3)).astype(np.uint8)
+    generated = original.astype(np.float32) * 0.9 + 40
+    yy, xx = np.mgrid[:32, :32]
+    mask = np.clip(1.5 - np.hypot(yy - 15.5, xx - 15.5) / 8, 0, 1).astype(np.float32)
+    ring = (mask > 0.1) & (mask < 0.9)
+    matched = match_colour(generated, original, mask)
+    np.testing.assert_allclose(matched[ring].mean(0), original[ring].mean(0), atol=0.5)
+    assert np.abs(generated[ring].mean(0) - original[ring].mean(0)).min() > 20
+
+
+def test_inference_imports_nothing_from_training(tiny_ragan_dir):
+    code = (
+        "import sys, json, numpy as np, faceage\n"
+        f"a = faceage.load({str(tiny_ragan_dir)!r}, device='cpu')\n"
+        "a.age(np.zeros((32, 32, 3), np.uint8), 70, aligned=True)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('faceage.'))))\n"
+    )
+    modules = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout)
+    assert "faceage.infer.ager" in modules and "faceage.models.ragan" in modules
+    assert not [m for m in modules if m.startswith(("faceage.train", "faceage.data.loader"))], modules

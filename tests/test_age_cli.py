@@ -1,0 +1,147 @@
+"""The ``faceage age`` contract: file names, JSON, exit codes, partial failure, no overwrite, folders, EXIF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+import faceage
+from faceage import paths
+from faceage.cli import main
+from faceage.infer.strip import label_height
+
+KEYS = {"input", "target", "group", "output", "ok", "error", "faces"}
+
+
+def _save(path: Path, h: int, w: int, seed: int = 0, **kw) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, **kw)
+    return path
+
+
+def _age(capsys, *argv) -> tuple[int, list[dict], str]:
+    """Run ``faceage age ... --json``; returns (exit code, parsed stdout, stderr)."""
+    code = main(["age", *map(str, argv), "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+def test_names_json_and_sizes(tiny_ragan_dir, tmp_path, capsys):
+    a, b = _save(tmp_path / "a.png", 32, 32), _save(tmp_path / "b.jpg", 48, 40, seed=1)
+    out = tmp_path / "out"
+    code, results, _ = _age(capsys, a, b, "--to", 70, "--to", "21-30", "--model", tiny_ragan_dir, "--aligned", "--out", out)
+    assert code == 0
+    assert [(Path(r["input"]).name, r["target"], r["group"]) for r in results] == [
+        ("a.png", "70", "51+"),
+        ("a.png", "21-30", "21-30"),
+        ("b.jpg", "70", "51+"),
+        ("b.jpg", "21-30", "21-30"),
+    ]
+    for r in results:
+        assert set(r) == KEYS and r["ok"] and r["error"] is None and r["faces"] == 1
+        assert Path(r["output"]).name == f"{Path(r['input']).stem}_to{r['target']}.png"
+        assert Image.open(r["output"]).size == Image.open(r["input"]).size
+    assert sorted(p.name for p in out.iterdir()) == ["a_to21-30.png", "a_to70.png", "b_to21-30.png", "b_to70.png"]
+
+
+def test_folders_default_out_and_partial_failure(tiny_ragan_dir, tmp_path, capsys, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(photos / "c.jpg", 32, 32)
+    _save(photos / "d.webp", 32, 32, seed=2)
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "e.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    monkeypatch.chdir(tmp_path)
+    code, results, err = _age(capsys, photos, tmp_path / "missing.png", "--to", 30, "--model", tiny_ragan_dir, "--aligned")
+    assert code == 2
+    by_name = {Path(r["input"]).name: r for r in results}
+    assert set(by_name) == {"c.jpg", "d.webp", "e.png", "missing.png"}
+    assert by_name["c.jpg"]["ok"] and by_name["d.webp"]["ok"]
+    assert (tmp_path / "aged" / "c_to30.png").is_file() and (tmp_path / "aged" / "d_to30.png").is_file()
+    bad = by_name["e.png"]
+    assert not bad["ok"] and bad["output"] is None and "e.png" in bad["error"] and "unreadable" in bad["error"]
+    assert "no such file" in by_name["missing.png"]["error"]
+    assert "e.png" in err and "2 written, 2 failed" in err
+
+
+def test_never_overwrites_an_input(tiny_ragan_dir, tmp_path, capsys):
+    a = _save(tmp_path / "a.png", 32, 32)
+    clash = _save(tmp_path / "a_to70.png", 32, 32, seed=3)
+    before = clash.read_bytes()
+    code, results, _ = _age(capsys, a, clash, "--to", 70, "--model", tiny_ragan_dir, "--aligned", "--out", tmp_path)
+    assert code == 2
+    assert clash.read_bytes() == before
+    first, second = results
+    assert not first["ok"] and "would overwrite an input" in first["error"]
+    assert second["ok"] and second["output"] == str(tmp_path / "a_to70_to70.png")
+
+
+def test_same_stem_in_two_folders_does_not_clobber(tiny_ragan_dir, tmp_path, capsys):
+    (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
+    first, second = _save(tmp_path / "x" / "p.png", 32, 32), _save(tmp_path / "y" / "p.jpg", 32, 32, seed=4)
+    code, results, _ = _age(capsys, first, second, "--to", 70, "--model", tiny_ragan_dir, "--aligned", "--out", tmp_path)
+    assert code == 2 and results[0]["ok"] and not results[1]["ok"]
+    assert "already written for" in results[1]["error"] and str(first) in results[1]["error"]
+
+
+def test_exif_orientation_is_respected(tiny_ragan_dir, tmp_path, capsys):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
+    photo = _save(tmp_path / "phone.jpg", 24, 40, exif=exif)
+    code, results, _ = _age(capsys, photo, "--to", 70, "--model", tiny_ragan_dir, "--aligned", "--out", tmp_path / "o")
+    assert code == 0
+    out = Image.open(results[0]["output"])
+    assert out.size == (24, 40)
+    upright = ImageOps.exif_transpose(Image.open(photo))
+    expected = faceage.load(tiny_ragan_dir, device="cpu").age(np.asarray(upright), 70, aligned=True)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+
+
+def test_progression_strip(tiny_ragan_dir, tmp_path, capsys):
+    a = _save(tmp_path / "a.png", 60, 60)
+    out = tmp_path / "o"
+    code, results, _ = _age(capsys, a, "--progression", "--to", 40, "--model", tiny_ragan_dir, "--aligned", "--out", out)
+    assert code == 0
+    assert [(r["target"], r["group"]) for r in results] == [("40", "31-40"), ("progression", "all")]
+    assert results[1]["output"] == str(out / "a_progression.png")
+    assert Image.open(out / "a_progression.png").size == (5 * 32, 32 + label_height(32))
+
+
+def test_whole_photos_with_and_without_a_face(tiny_ragan_dir, tmp_path, capsys, astronaut):
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
+    Image.new("RGB", (160, 120), (90, 120, 150)).save(tmp_path / "wall.png")
+    code, results, _ = _age(capsys, tmp_path, "--to", 70, "--model", tiny_ragan_dir, "--out", tmp_path / "o", "--largest")
+    assert code == 2
+    face, wall = results
+    assert face["ok"] and face["faces"] == 1 and Image.open(face["output"]).size == (512, 512)
+    assert not wall["ok"] and wall["faces"] == 0 and "wall.png" in wall["error"] and "no face found" in wall["error"]
+
+
+def test_usage_errors_exit_2(tiny_ragan_dir, tmp_path, capsys, monkeypatch):
+    a = _save(tmp_path / "a.png", 32, 32)
+    assert main(["age", str(a), "--model", str(tiny_ragan_dir)]) == 2
+    assert "--to AGE" in capsys.readouterr().err
+    assert main(["age", str(a), "--to", "ancient", "--model", str(tiny_ragan_dir)]) == 2
+    assert "0-20, 21-30, 31-40, 41-50, 51+" in capsys.readouterr().err
+    monkeypatch.setenv("FACEAGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(paths, "BUNDLED_WEIGHTS_DIR", tmp_path / "weights")
+    assert main(["age", str(a), "--to", "70"]) == 2
+    err = capsys.readouterr().err
+    assert "no bundled model is installed" in err and "faceage train" in err and "--model PATH" in err
+
+
+def test_stdout_is_exactly_one_json_array(tiny_ragan_dir, tmp_path):
+    a = _save(tmp_path / "a.png", 32, 32)
+    argv = [sys.executable, "-m", "faceage", "age", str(a), str(tmp_path / "nope.png"), "--to", "70", "--aligned"]
+    argv += ["--model", str(tiny_ragan_dir), "--out", str(tmp_path / "o"), "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 2
+    results = json.loads(proc.stdout)
+    assert isinstance(results, list) and [r["ok"] for r in results] == [True, False]
+    assert "nope.png" in proc.stderr

@@ -1,0 +1,259 @@
+"""faceage eval on real faces: the age estimator (split hygiene, save/load, learning) and a full evaluation.
+
+A tiny cache of 100 real UTKFace chips at 32 px is prepared once per module with faceage's own
+``prepare``; the split is 30/10/60 % so that the test split has enough different-person pairs
+(60 faces -> 1,770 pairs) to calibrate FAR = 0.1 %.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from faceage.eval.age_estimator import (
+    AgeEstimator,
+    AgeEstimatorConfig,
+    EstimatorInfo,
+    dldl_loss,
+    ids_digest,
+    label_distribution,
+    load_estimator,
+    sample_ids,
+    save_estimator,
+    training_ids,
+)
+from faceage.eval.train_estimator import EstimatorTrainConfig, augment, to_input, train_age_estimator
+from faceage.models.registry import register_model
+
+TINY_ESTIMATOR = AgeEstimatorConfig(widths=(8, 16), blocks=(1, 1))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(utkface_dir, tmp_path_factory):
+    from faceage.data.cache import open_cache
+    from faceage.data.prepare import PrepareConfig, prepare
+
+    names = sorted(p.name for p in utkface_dir.iterdir() if p.name.endswith(".jpg.chip.jpg"))
+    root = tmp_path_factory.mktemp("faces")
+    for name in names[:: len(names) // 100][:100]:  # every k-th file: ages 1 to 100+ in name order
+        (root / name).symlink_to(utkface_dir / name)
+    out = tmp_path_factory.mktemp("cache") / "tiny32"
+    cfg = PrepareConfig(dataset="utkface", root=root, out=out, size=32, split=(0.3, 0.1, 0.6), workers=1, progress=False)
+    prepare(cfg, log=lambda message: None)
+    return open_cache(out)
+
+
+class _RecordingImages:
+    """Wraps a cache's image array and records which rows were read with autograd on (training batches)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images, self.trained_rows = images, set()
+        self.shape = images.shape
+
+    def __getitem__(self, rows):
+        if torch.is_grad_enabled():
+            self.trained_rows.update(np.atleast_1d(np.arange(len(self.images))[rows]).tolist())
+        return self.images[rows]
+
+
+class _RecordingCache:
+    def __init__(self, cache) -> None:
+        self.cache, self.images = cache, _RecordingImages(cache.images)
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+
+@pytest.fixture(scope="module")
+def tiny_estimator(tiny_cache, tmp_path_factory):
+    """A tiny estimator trained for one epoch of the train split, plus the rows it actually trained on."""
+    recording = _RecordingCache(tiny_cache)
+    out = tmp_path_factory.mktemp("estimator") / "est"
+    cfg = EstimatorTrainConfig(epochs=1, batch_size=8, lr=1e-3)
+    info = train_age_estimator(recording, out, cfg, TINY_ESTIMATOR)
+    return out, info, recording.images.trained_rows
+
+
+def test_estimator_never_trained_on_val_or_test_faces(tiny_cache, tiny_estimator):
+    folder, info, trained_rows = tiny_estimator
+    train = set(tiny_cache.indices("train").tolist())
+    held_out = set(sample_ids(tiny_cache, tiny_cache.indices("val"))) | set(sample_ids(tiny_cache, tiny_cache.indices("test")))
+    assert trained_rows and trained_rows <= train  # every row a training batch read is a train row
+    ids = training_ids(folder)
+    assert ids == set(sample_ids(tiny_cache, np.array(sorted(trained_rows))))  # and exactly those are recorded
+    assert ids.isdisjoint(held_out)
+    assert info.num_train_ids == len(ids) == (len(train) // 8) * 8  # one epoch, last partial batch dropped
+    config = json.loads((folder / "config.json").read_text())
+    assert config["train_ids_sha256"] == ids_digest(sorted(ids))
+    assert config["metrics"]["num_test"] == len(tiny_cache.indices("test"))
+    assert 0 <= config["metrics"]["test_mae"] < 120
+
+
+def test_tampered_training_ids_are_detected(tiny_estimator, tmp_path):
+    folder = tiny_estimator[0]
+    for name in ("config.json", "train_ids.txt", "age_estimator.safetensors"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    lines = (tmp_path / "train_ids.txt").read_text().splitlines()
+    (tmp_path / "train_ids.txt").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(ValueError, match="does not match"):
+        training_ids(tmp_path)
+
+
+def test_estimator_save_load_round_trip(tmp_path, tiny_cache):
+    torch.manual_seed(0)
+    net = AgeEstimator(TINY_ESTIMATOR).eval()
+    x = to_input(tiny_cache.images[:6])
+    ages, feats = net.predict(x, bf16=False)
+    assert ages.shape == (6,) and feats.shape == (6, net.feature_dim)
+    assert ((ages >= 0) & (ages <= TINY_ESTIMATOR.max_age)).all()
+    ids = ["a.jpg", "b.jpg"]
+    info = EstimatorInfo(TINY_ESTIMATOR, 32, ids_digest(ids), 2)
+    save_estimator(tmp_path, net, info, ids)
+    loaded, loaded_info = load_estimator(tmp_path)
+    assert loaded_info.model == TINY_ESTIMATOR and loaded_info.image_size == 32
+    ages2, feats2 = loaded.predict(x, bf16=False)
+    torch.testing.assert_close(ages2, ages)
+    torch.testing.assert_close(feats2, feats)
+    with pytest.raises(FileNotFoundError, match="train-age-estimator"):
+        load_estimator(tmp_path / "missing")
+
+
+def test_dldl_training_steps_fit_real_faces(tiny_cache):
+    dist = label_distribution(torch.tensor([30.0, 0.0]), 101, sigma=2.0)
+    torch.testing.assert_close(dist.sum(1), torch.ones(2))
+    assert dist.argmax(1).tolist() == [30, 0]
+    torch.manual_seed(0)
+    net = AgeEstimator(TINY_ESTIMATOR)
+    rows = tiny_cache.indices("train")[:16]
+    x, ages = to_input(tiny_cache.images[rows]), torch.as_tensor(tiny_cache.ages[rows])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        terms = dldl_loss(net(x), ages)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["l1"].item())
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_augment_keeps_shape_range_and_is_seeded(tiny_cache):
+    x = to_input(tiny_cache.images[:4])
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, x)
+
+
+@register_model("eval-test-identity")
+class _IdentityModel:
+    """A 'generator' that returns its input: every metric then has a known value."""
+
+    @staticmethod
+    def build_generator(model_config: dict) -> nn.Module:
+        return _Identity()
+
+
+class _Identity(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _identity_model(tmp_path, scheme: str = "acgan5"):
+    from faceage.groups import get_scheme
+    from faceage.models.pretrained import save_pretrained
+
+    meta = {"model": "eval-test-identity", "model_config": {}, "scheme": get_scheme(scheme).to_dict(), "image_size": 32}
+    return save_pretrained(tmp_path / "identity", _Identity(), meta)
+
+
+def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_estimator, tmp_path):
+    from faceage.eval.evaluate import evaluate
+    from faceage.eval.runner import EvalConfig
+
+    model = _identity_model(tmp_path)
+    result = evaluate(model, tiny_cache.path, EvalConfig(n=8, batch_size=4, bf16=False), estimator=tiny_estimator[0])
+    m = result.metrics
+    assert [t["label"] for t in m["targets"]] == ["0-20", "21-30", "31-40", "41-50", "51+"]
+    assert m["data"]["estimator_trained_on_reference_faces"] == 0
+    assert m["reconstruction"]["n"] == 8 and m["reconstruction"]["l1"] == 0.0
+    assert m["reconstruction"]["verification_0.6"] == 1.0
+    for t in m["targets"]:
+        assert t["n_outputs"] == 8
+        assert t["id_distance_mean"] == pytest.approx(0.0, abs=1e-4)
+        assert t["verification_0.6"] == t["verification_far"] == 1.0
+        # Outputs are the inputs, so their Fréchet distances equal the do-nothing baseline exactly.
+        if t["n_real"] >= 2:
+            assert t["fd_dlib"] == pytest.approx(t["fd_dlib_inputs"], rel=1e-6, abs=1e-9)
+            assert t["fd_age"] == pytest.approx(t["fd_age_inputs"], rel=1e-6, abs=1e-9)
+    # Every target sees the same 8 unchanged faces: one set of estimated ages.
+    ages = [result.output_ages[g] for g in range(5)]
+    assert all(np.array_equal(np.sort(a), np.sort(ages[0])) for a in ages)
+
+
+def test_eval_cli_with_a_tiny_ragan_writes_the_full_report(tiny_cache, tiny_estimator, tiny_ragan_dir, tmp_path, capsys):
+    from faceage.cli import main
+
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(tiny_ragan_dir), "--data", str(tiny_cache.path), "--n", "6", "--batch", "4"]
+    assert main([*argv, "--estimator", str(tiny_estimator[0]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval wall time:" in printed
+    for name in ("age_distribution.png", "identity_distance.png", "samples.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    m = json.loads((out / "metrics.json").read_text())
+    ident = m["identity"]
+    n_test = len(tiny_cache.indices("test"))
+    assert ident["identity_labels"] is False and ident["impostor_pairs"] == n_test * (n_test - 1) // 2
+    assert 0 < ident["threshold_far"] < ident["threshold_dlib"] < 1.5  # FAR 0.1 % is stricter than 0.6
+    assert ident["far_achieved"] <= 1e-3
+    assert m["judges"]["embedding_check"]["max_distance"] < 0.05  # PyTorch port vs dlib on the same chips
+    assert m["data"]["estimator_trained_on_reference_faces"] == 0
+    assert len(m["targets"]) == 5
+    for t in m["targets"]:
+        assert t["n_outputs"] == 6
+        assert 0 <= t["est_age_mean"] <= 100 and t["est_age_std"] >= 0
+        for key in ("group_accuracy", "verification_0.6", "verification_far", "detected"):
+            assert 0 <= t[key] <= 1, key
+        assert t["id_distance_mean"] > 0
+        for key in ("fd_dlib", "fd_age", "fd_dlib_inputs", "fd_age_inputs"):
+            assert (t[key] is None) == (t["n_real"] < 2) and (t[key] is None or t[key] >= 0), key
+    assert m["reconstruction"]["n"] == 6 and 0 < m["reconstruction"]["l1"] < 1
+    report = (out / "report.md").read_text()
+    for text in ("FD-dlib", "FD-age", "no identity labels", "51+", "Reconstruction", "samples.png"):
+        assert text in report
+
+
+def test_eval_cli_explains_a_missing_estimator(tiny_cache, tiny_ragan_dir, tmp_path, capsys):
+    from faceage.cli import main
+
+    argv = ["eval", "--model", str(tiny_ragan_dir), "--data", str(tiny_cache.path), "--estimator", str(tmp_path)]
+    assert main(argv) == 2
+    assert "train-age-estimator" in capsys.readouterr().err
+
+
+def test_train_age_estimator_cli(tiny_cache, tmp_path, capsys):
+    from faceage.cli import main
+
+    out = tmp_path / "est"
+    argv = ["train-age-estimator", "--data", str(tiny_cache.path), "--out", str(out), "--epochs", "1"]
+    assert main([*argv, "--batch", "8", "--widths", "8,16", "--blocks", "1,1", "--max-steps", "2"]) == 0
+    assert "test MAE" in capsys.readouterr().out
+    net, info = load_estimator(out)
+    assert info.model.widths == (8, 16) and info.num_train_ids == 16
+    assert training_ids(out) <= set(sample_ids(tiny_cache, tiny_cache.indices("train")))

@@ -1,0 +1,72 @@
+"""``faceage export``: ONNX with its meta inside, matching eager torch; checkpoint EMA to a released folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import faceage
+from faceage.cli import main
+from faceage.infer.backends import OnnxBackend, TorchBackend
+from faceage.infer.export import read_onnx_meta
+from faceage.models.pretrained import load_pretrained
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ragan_dir, tmp_path_factory):
+    """A training checkpoint (EMA differs from the raw generator) exported to ONNX and a released folder."""
+    tmp = tmp_path_factory.mktemp("export")
+    generator, meta = load_pretrained(tiny_ragan_dir)
+    meta = {k: v for k, v in meta.items() if k != "format_version"}
+    ema = {k: v * 0.9 for k, v in generator.state_dict().items()}
+    ckpt = {**meta, "networks": {"generator": generator.state_dict(), "generator_ema": ema}, "step": 10}
+    torch.save(ckpt, tmp / "run.pt")
+    argv = ["export", "--model", str(tmp / "run.pt"), "--onnx", str(tmp / "g.onnx"), "--safetensors", str(tmp / "rel")]
+    assert main(argv) == 0
+    return tmp, meta, ema
+
+
+def test_safetensors_folder_holds_the_ema_generator(exported):
+    tmp, meta, ema = exported
+    generator, loaded_meta = load_pretrained(tmp / "rel")
+    assert all(torch.equal(generator.state_dict()[k], ema[k]) for k in ema)
+    assert {k: loaded_meta[k] for k in meta} == meta
+
+
+def test_onnx_carries_meta_and_matches_torch(exported):
+    tmp, meta, _ = exported
+    assert read_onnx_meta(tmp / "g.onnx") == meta
+    torch_backend = TorchBackend(load_pretrained(tmp / "rel")[0])
+    onnx_backend = OnnxBackend(tmp / "g.onnx")
+    rng = np.random.default_rng(0)
+    for batch in (1, 5):  # the batch dimension is dynamic
+        x = rng.uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
+        t = rng.integers(0, 5, batch).astype(np.int64)
+        assert np.abs(onnx_backend(x, t) - torch_backend(x, t)).max() < 1e-3
+
+
+def test_age_with_the_onnx_backend(exported, capsys):
+    tmp, _, _ = exported
+    crop = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    expected = np.asarray(faceage.load(tmp / "rel", device="cpu").age(crop, 40, aligned=True)).astype(int)
+    assert faceage.load(tmp / "g.onnx").backend.name == "onnx"
+    from PIL import Image
+
+    Image.fromarray(crop).save(tmp / "face.png")
+    argv = ["age", str(tmp / "face.png"), "--to", "40", "--aligned", "--backend", "onnx"]
+    assert main([*argv, "--model", str(tmp / "g.onnx"), "--out", str(tmp / "o"), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert np.abs(np.asarray(Image.open(result["output"])).astype(int) - expected).max() <= 1
+
+
+def test_export_errors(exported, capsys):
+    tmp, _, _ = exported
+    assert main(["export", "--model", str(tmp / "run.pt")]) == 2
+    assert "--onnx" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp / "run.pt"), "--onnx", str(tmp / "g.bin")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="faceage export --model"):
+        faceage.load(tmp / "rel", backend="onnx")
