@@ -61,3 +61,43 @@ def tiny_ragan_dir(tmp_path_factory) -> Path:
         "align": {"preset": "utkface"},
     }
     return save_pretrained(tmp_path_factory.mktemp("tiny_ragan") / "tiny", generator, meta)
+
+
+@pytest.fixture(scope="session")
+def face_cache(utkface_dir, tmp_path_factory) -> Path:
+    """A prepared cache (``faceage prepare``) of 240 real UTKFace faces at 32 px, all ages, split 0.8/0.1/0.1."""
+    from faceage.data.prepare import PrepareConfig, prepare
+
+    names = sorted(n for n in os.listdir(utkface_dir) if n.count("_") == 3 and n.endswith(".jpg.chip.jpg"))
+    root = tmp_path_factory.mktemp("utk240")
+    for name in names[::90][:240]:
+        (root / name).symlink_to(utkface_dir / name)
+    out = tmp_path_factory.mktemp("face_cache") / "cache"
+    prepare(PrepareConfig("utkface", root, out, size=32, workers=1, progress=False), log=lambda message: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def utk_cache32(utkface_dir, tmp_path_factory) -> Path:
+    """A 32 px cache (faceage prepare) of 160 real UTKFace faces spread over the whole age range."""
+    from faceage.data.prepare import PrepareConfig, prepare
+
+    names = sorted(n for n in os.listdir(utkface_dir) if n.count("_") == 3 and n.endswith(".jpg.chip.jpg"))
+    root = tmp_path_factory.mktemp("utk160")
+    for name in names[::130][:160]:
+        (root / name).symlink_to(utkface_dir / name)
+    out = root.parent / "utk160_cache32"
+    cfg = PrepareConfig(dataset="utkface", root=root, out=out, size=32, workers=1, progress=False)
+    prepare(cfg, log=lambda message: None)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread: tiny models are fastest that way, above all on a shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

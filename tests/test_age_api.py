@@ -69,6 +69,13 @@ def test_aligned_crop_is_the_generator_output_at_the_input_size(ager):
     assert resized.size == (70, 50) and resized.mode == "RGB"
 
 
+def test_pil_input_is_turned_upright_by_its_exif_orientation(ager, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored landscape, shown rotated 90 degrees counter-clockwise
+    Image.fromarray(_noise(24, 40)).save(tmp_path / "phone.jpg", exif=exif)
+    assert ager.age(Image.open(tmp_path / "phone.jpg"), 70, aligned=True).size == (24, 40)
+
+
 def test_batched_form_matches_one_by_one(ager):
     images = [_noise(32, 32, 1), _noise(40, 36, 2)]
     many = ager.age_many(images, [10, "51+"], aligned=True)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image, ImageOps
 
 import faceage
@@ -25,9 +24,9 @@ def _save(path: Path, h: int, w: int, seed: int = 0, **kw) -> Path:
     return path
 
 
-def _age(capsys, *argv) -> tuple[int, list[dict], str]:
-    """Run ``faceage age ... --json``; returns (exit code, parsed stdout, stderr)."""
-    code = main(["age", *map(str, argv), "--json"])
+def _age(capsys, model: Path, *argv) -> tuple[int, list[dict], str]:
+    """Run ``faceage age ... --model MODEL --json``; returns (exit code, parsed stdout, stderr)."""
+    code = main(["age", *map(str, argv), "--model", str(model), "--json"])
     captured = capsys.readouterr()
     return code, json.loads(captured.out), captured.err
 
@@ -35,7 +34,7 @@ def _age(capsys, *argv) -> tuple[int, list[dict], str]:
 def test_names_json_and_sizes(tiny_ragan_dir, tmp_path, capsys):
     a, b = _save(tmp_path / "a.png", 32, 32), _save(tmp_path / "b.jpg", 48, 40, seed=1)
     out = tmp_path / "out"
-    code, results, _ = _age(capsys, a, b, "--to", 70, "--to", "21-30", "--model", tiny_ragan_dir, "--aligned", "--out", out)
+    code, results, _ = _age(capsys, tiny_ragan_dir, a, b, "--to", 70, "--to", "21-30", "--aligned", "--out", out)
     assert code == 0
     assert [(Path(r["input"]).name, r["target"], r["group"]) for r in results] == [
         ("a.png", "70", "51+"),
@@ -58,7 +57,7 @@ def test_folders_default_out_and_partial_failure(tiny_ragan_dir, tmp_path, capsy
     (photos / "notes.txt").write_text("not an image")
     (photos / "e.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     monkeypatch.chdir(tmp_path)
-    code, results, err = _age(capsys, photos, tmp_path / "missing.png", "--to", 30, "--model", tiny_ragan_dir, "--aligned")
+    code, results, err = _age(capsys, tiny_ragan_dir, photos, tmp_path / "missing.png", "--to", 30, "--aligned")
     assert code == 2
     by_name = {Path(r["input"]).name: r for r in results}
     assert set(by_name) == {"c.jpg", "d.webp", "e.png", "missing.png"}
@@ -74,7 +73,7 @@ def test_never_overwrites_an_input(tiny_ragan_dir, tmp_path, capsys):
     a = _save(tmp_path / "a.png", 32, 32)
     clash = _save(tmp_path / "a_to70.png", 32, 32, seed=3)
     before = clash.read_bytes()
-    code, results, _ = _age(capsys, a, clash, "--to", 70, "--model", tiny_ragan_dir, "--aligned", "--out", tmp_path)
+    code, results, _ = _age(capsys, tiny_ragan_dir, a, clash, "--to", 70, "--aligned", "--out", tmp_path)
     assert code == 2
     assert clash.read_bytes() == before
     first, second = results
@@ -85,7 +84,7 @@ def test_never_overwrites_an_input(tiny_ragan_dir, tmp_path, capsys):
 def test_same_stem_in_two_folders_does_not_clobber(tiny_ragan_dir, tmp_path, capsys):
     (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
     first, second = _save(tmp_path / "x" / "p.png", 32, 32), _save(tmp_path / "y" / "p.jpg", 32, 32, seed=4)
-    code, results, _ = _age(capsys, first, second, "--to", 70, "--model", tiny_ragan_dir, "--aligned", "--out", tmp_path)
+    code, results, _ = _age(capsys, tiny_ragan_dir, first, second, "--to", 70, "--aligned", "--out", tmp_path)
     assert code == 2 and results[0]["ok"] and not results[1]["ok"]
     assert "already written for" in results[1]["error"] and str(first) in results[1]["error"]
 
@@ -94,7 +93,7 @@ def test_exif_orientation_is_respected(tiny_ragan_dir, tmp_path, capsys):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
     photo = _save(tmp_path / "phone.jpg", 24, 40, exif=exif)
-    code, results, _ = _age(capsys, photo, "--to", 70, "--model", tiny_ragan_dir, "--aligned", "--out", tmp_path / "o")
+    code, results, _ = _age(capsys, tiny_ragan_dir, photo, "--to", 70, "--aligned", "--out", tmp_path / "o")
     assert code == 0
     out = Image.open(results[0]["output"])
     assert out.size == (24, 40)
@@ -106,7 +105,7 @@ def test_exif_orientation_is_respected(tiny_ragan_dir, tmp_path, capsys):
 def test_progression_strip(tiny_ragan_dir, tmp_path, capsys):
     a = _save(tmp_path / "a.png", 60, 60)
     out = tmp_path / "o"
-    code, results, _ = _age(capsys, a, "--progression", "--to", 40, "--model", tiny_ragan_dir, "--aligned", "--out", out)
+    code, results, _ = _age(capsys, tiny_ragan_dir, a, "--progression", "--to", 40, "--aligned", "--out", out)
     assert code == 0
     assert [(r["target"], r["group"]) for r in results] == [("40", "31-40"), ("progression", "all")]
     assert results[1]["output"] == str(out / "a_progression.png")
@@ -116,7 +115,7 @@ def test_progression_strip(tiny_ragan_dir, tmp_path, capsys):
 def test_whole_photos_with_and_without_a_face(tiny_ragan_dir, tmp_path, capsys, astronaut):
     Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
     Image.new("RGB", (160, 120), (90, 120, 150)).save(tmp_path / "wall.png")
-    code, results, _ = _age(capsys, tmp_path, "--to", 70, "--model", tiny_ragan_dir, "--out", tmp_path / "o", "--largest")
+    code, results, _ = _age(capsys, tiny_ragan_dir, tmp_path, "--to", 70, "--out", tmp_path / "o", "--largest")
     assert code == 2
     face, wall = results
     assert face["ok"] and face["faces"] == 1 and Image.open(face["output"]).size == (512, 512)

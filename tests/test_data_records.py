@@ -91,6 +91,12 @@ def test_utkface_in_the_wild_names_and_junk(tmp_path):
     assert skips["notes.txt"][0] == NOT_IMAGE
 
 
+def test_a_link_loop_in_the_dataset_folder_ends(tmp_path):
+    _touch(tmp_path / "faces" / "25_1_3_20170104223702587.jpg")
+    (tmp_path / "faces" / "again").symlink_to(tmp_path / "faces")
+    assert len(read_dataset("utkface", tmp_path).records) == 1
+
+
 def test_unknown_dataset_and_missing_root(tmp_path):
     with pytest.raises(DatasetError, match="unknown dataset 'utk'.*utkface"):
         read_dataset("utk", tmp_path)

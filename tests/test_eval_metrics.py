@@ -26,6 +26,14 @@ def test_frechet_distance_of_samples():
     assert M.frechet_distance(a, b) == pytest.approx(M.frechet_distance(b, a), rel=1e-6)
 
 
+def test_frechet_distance_few_samples_shortcut_equals_the_matrix_square_root():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(30, 64)) @ rng.normal(size=(64, 64))
+    b = rng.normal(size=(20, 64)) + 0.3
+    exact = M.frechet_distance_from_stats(*M.feature_stats(a), *M.feature_stats(b))
+    assert M.frechet_distance(a, b) == pytest.approx(exact, rel=1e-6)
+
+
 def test_frechet_distance_with_singular_covariance_is_finite():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(5, 128)), rng.normal(size=(7, 128))  # fewer samples than dimensions

@@ -112,6 +112,6 @@ def test_face_touching_the_border(astronaut):
 def test_cnn_detector(astronaut):
     patch = np.ascontiguousarray(astronaut[40:200, 140:300])  # 160 px around the face keeps the CNN quick
     faces = detect(patch, detector="cnn", largest=True)
-    assert faces and _iou(faces[0].box, [v - o for v, o in zip(ASTRONAUT_BOX, (140, 40, 140, 40))]) > 0.5
+    assert faces and _iou(faces[0].box, [v - o for v, o in zip(ASTRONAUT_BOX, (140, 40, 140, 40), strict=True)]) > 0.5
     with pytest.raises(ValueError, match="unknown detector"):
         detect(patch, detector="yolo")

@@ -76,7 +76,7 @@ def _loader(args: argparse.Namespace, cache: Path) -> None:
     for _ in range(min(10, len(loader))):  # start the workers and warm the page cache
         next(batches)
     images = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(args.batches):
         batch = next(batches)
         images += batch["image"].shape[0]
@@ -84,6 +84,28 @@ def _loader(args: argparse.Namespace, cache: Path) -> None:
     rate = images / (time.perf_counter() - start)
     mode = "augment" if augment else "no augment"
     print(f"loader  {rate:6.0f} img/s  ({faces.size} px, batch {args.batch_size}, {args.workers} workers, {mode})")
+    cpu_ms = 1000 * (_cpu_seconds() - cpu) / args.batches
+    if cpu_ms > 0:  # what the machine could do if nothing else ran: CPU time per batch, all processes
+        cores = min(os.cpu_count() or 1, args.workers + 1)
+        print(
+            f"        {cpu_ms:.1f} CPU ms per batch in the loader's processes: "
+            f"~{cores * args.batch_size * 1000 / cpu_ms:.0f} img/s on {cores} free cores"
+        )
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its children (the loader's workers), from /proc; 0 where absent."""
+    if not Path("/proc/self/stat").exists():
+        return 0.0
+    me, tick, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == me or stat.parent.name == str(me):  # parent pid, or this process
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
 
 
 def _forever(loader):

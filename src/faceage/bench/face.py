@@ -62,7 +62,8 @@ def _recogniser_figures(chips: np.ndarray, repeats: int) -> dict:
     from faceage.face.resnet import DlibResNet
 
     n = len(chips)
-    figures = {"dlib": n / _median_s(lambda: dlib_chip_embeddings(chips), repeats)}
+    dlib_chip_embeddings(chips[:1])  # dlib is slow: warm it up on one face, not a whole batch
+    figures = {"dlib": n / _median_s(lambda: dlib_chip_embeddings(chips), repeats, warmup=0)}
     x = chips_to_tensor(chips)
     for layout in ("contiguous", "channels_last"):
         net = DlibResNet.from_dlib()

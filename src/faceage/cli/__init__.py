@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "info": "faceage.cli.info",
     "prepare": "faceage.cli.prepare",
+    "train": "faceage.cli.train",
     "face": "faceage.cli.face",
     "age": "faceage.cli.age",
     "export": "faceage.cli.export",

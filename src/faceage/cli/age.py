@@ -97,7 +97,10 @@ def _jobs(ager, args: argparse.Namespace) -> list[tuple[str, str]]:
     return jobs + [(PROGRESSION, "all")] if args.progression else jobs
 
 
-def _result(path: Path, job: tuple[str, str], *, output: Path | None = None, error: str | None = None, faces=None):
+def _result(
+    path: Path, job: tuple[str, str], *, output: Path | None = None, error: str | None = None, faces: int | None = None
+) -> dict:
+    """One JSON object of the ``--json`` array; ``error`` is prefixed with the input's path."""
     return {
         "input": str(path),
         "target": job[0],
@@ -151,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         ager = load(args.model, args.device, backend=args.backend, precision=args.precision)
     except (ModelNotFoundError, ValueError, ImportError) as e:
         raise CLIError(str(e)) from None
+    except RuntimeError as e:  # weights that do not fit the architecture (another faceage version)
+        raise CLIError(f"cannot load model {args.model or 'bundled'}: {str(e).splitlines()[0]}") from None
     for t in args.targets:
         try:
             ager.group(t)

@@ -11,6 +11,7 @@ import importlib
 
 BENCHES: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
+    "train": ("faceage.bench.train", "G+D training img/s in fp32 and bf16, and peak memory"),
     "data": ("faceage.bench.data", "prepare wall time for a dataset folder and loader images/s from its cache"),
     "face": ("faceage.bench.face", "embeddings/s (dlib vs PyTorch port) and detection + alignment ms"),
     "age": ("faceage.bench.age", "ms per face (eager fp32/bf16, onnxruntime) and whole-photo latency"),

@@ -21,7 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "reconstruction (target = source group). Writes report.md, metrics.json and PNG plots to --out."
         ),
     )
-    p.add_argument("--model", required=True, metavar="M", help="an exported model folder or a training checkpoint .pt")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="M",
+        help="a model name, an exported model folder or a training checkpoint .pt",
+    )
     p.add_argument("--data", required=True, metavar="CACHE", help="a cache written by `faceage prepare`")
     p.add_argument(
         "--split", default="test", choices=["train", "val", "test", "all"], help="faces to age (default test)"
@@ -32,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", default="eval", help="report folder (default ./eval)")
     p.add_argument("--batch", type=int, default=32, help="faces per batch (default 32)")
     p.add_argument("--n-reference", type=int, default=None, help="cap on real reference faces (default: whole split)")
+    p.add_argument("--far", type=float, default=1e-3, help="false-accept rate to calibrate on (default 0.001)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --n sample (default 0)")
     p.add_argument("--fp32", action="store_true", help="run networks in fp32 instead of bf16 autocast")
     p.add_argument(
@@ -41,24 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _targets(spec: str, scheme) -> list[int] | None:
-    if spec.strip() == "all":
-        return None
-    try:
-        groups = [scheme.parse(v) for v in spec.split(",") if v.strip()]
-    except ValueError as e:
-        raise CLIError(f"--targets: {e}") from None
-    return sorted(set(groups))
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from faceage.data.cache import CacheError
     from faceage.eval.evaluate import evaluate
     from faceage.eval.runner import EvalConfig
-    from faceage.groups import AgeScheme
-    from faceage.models.pretrained import load_generator
+    from faceage.infer.resolve import resolve_model
 
     t0 = time.perf_counter()
     if args.threads:
@@ -67,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--n must be at least 2, got {args.n}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        _, meta = load_generator(args.model, "cpu")
-        targets = _targets(args.targets, AgeScheme.from_dict(meta["scheme"]))
+        model = resolve_model(args.model)
+        if model.suffix == ".onnx":
+            raise CLIError(f"{model}: eval runs the PyTorch generator; pass its exported folder or checkpoint .pt")
+        targets = None if args.targets.strip() == "all" else [t for t in args.targets.split(",") if t.strip()]
         cfg = EvalConfig(
             split=args.split,
             n=args.n,
@@ -76,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
             n_reference=args.n_reference,
             batch_size=args.batch,
             seed=args.seed,
+            far=args.far,
             bf16=not args.fp32,
         )
         result = evaluate(
-            args.model,
+            model,
             args.data,
             cfg,
             estimator=args.estimator,

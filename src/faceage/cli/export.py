@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         generator, meta = load_generator(path, "cpu")
     except (ModelNotFoundError, ValueError, KeyError) as e:
         raise CLIError(str(e)) from None
+    except RuntimeError as e:  # weights that do not fit the architecture (another faceage version)
+        raise CLIError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
     written: dict[str, str | float] = {"model": str(path)}
     if args.safetensors is not None:
         save_pretrained(args.safetensors, generator, meta)

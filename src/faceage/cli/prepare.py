@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     p.add_argument("--min-size", type=int, default=32, help="skip photos whose short side is below this (default 32)")
+    p.add_argument("--align", action="store_true", help="detect and align each face, store soft face masks")
+    p.add_argument("--align-preset", default="utkface", help="with --align: utkface (default, tight) or ffhq")
     p.add_argument("--chunk-size", type=int, default=128, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -37,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def transform_from_args(args: argparse.Namespace) -> tuple[str, dict]:
     """The per-image transform and its options chosen by the command line (see faceage.data.transforms)."""
+    if args.align:
+        return "align", {"preset": args.align_preset}
     return "resize", {}
 
 

@@ -43,6 +43,9 @@ from faceage.data.records import MISSING, ReadResult, Record, Skip, read_dataset
 from faceage.data.transforms import ImageTransform, SkipImage, build_transform
 from faceage.utils import atomic_open, atomic_write_bytes, atomic_write_text
 
+# Version of the rules that choose, label and split rows (duplicates, sizes, split hashing): part of
+# the fingerprint, so bumping it makes existing caches update (reusing their pixels).
+RULES_VERSION = 2
 PARTIAL = ".partial"
 LOCK = ".lock"
 TOO_SMALL = "too small"
@@ -203,7 +206,7 @@ class _Inputs:
 
 def _relative(path: Path, base: Path) -> str:
     rel = os.path.relpath(path, base)
-    return str(path) if rel.startswith("..") else rel
+    return str(path) if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 def _pixel_key(cfg: PrepareConfig) -> dict:
@@ -218,7 +221,8 @@ def _pixel_key(cfg: PrepareConfig) -> dict:
 
 
 def _settings(cfg: PrepareConfig) -> dict:
-    return {**_pixel_key(cfg), "dataset": cfg.dataset, "root": str(cfg.root), "seed": cfg.seed, "split": cfg.split}
+    dataset = {"dataset": cfg.dataset, "root": str(cfg.root), "seed": cfg.seed, "split": cfg.split}
+    return {**_pixel_key(cfg), **dataset, "rules_version": RULES_VERSION}
 
 
 def _fingerprint(cfg: PrepareConfig, inputs: _Inputs) -> str:

@@ -345,9 +345,14 @@ READERS: dict[str, Callable[[Path], ReadResult]] = {
 
 
 def _walk(root: Path) -> list[Path]:
-    """Every regular file under ``root``, sorted, following the dataset's own folder layout."""
-    found = []
+    """Every file under ``root``, sorted; linked folders are followed, each real folder once."""
+    found, seen = [], set()
     for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree would loop forever
+            dirs.clear()
+            continue
+        seen.add(real)
         dirs.sort()
         found.extend(Path(folder) / f for f in sorted(files))
     return found
@@ -427,7 +432,7 @@ def _mat_table(path: Path, struct: str, required: list[str]) -> dict[str, np.nda
     try:
         mat = loadmat(path, squeeze_me=True)
     except (ValueError, OSError, NotImplementedError) as e:
-        raise DatasetError(f"cannot read {path} as a MATLAB file: {e}") from e
+        raise DatasetError(f"cannot read {path} as a MATLAB v5/v7 file (v7.3 is HDF5 and not supported): {e}") from e
     if struct not in mat:
         names = [k for k in mat if not k.startswith("__")]
         raise DatasetError(f"{path} has no {struct!r} struct; it holds {', '.join(names) or 'nothing'}")

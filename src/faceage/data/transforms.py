@@ -24,6 +24,7 @@ from PIL import Image
 # name -> "module:factory"; imported lazily, inside the workers that use it.
 TRANSFORMS: dict[str, str] = {
     "resize": "faceage.data.transforms:center_resize",
+    "align": "faceage.face.prepare:align_transform",
 }
 
 

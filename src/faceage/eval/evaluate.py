@@ -9,7 +9,8 @@ import torch
 
 from faceage import paths
 from faceage.eval.age_estimator import load_estimator, training_ids
-from faceage.eval.runner import EvalConfig, EvalResult, Evaluator, Judges
+from faceage.eval.runner import EvalConfig, EvalResult, Evaluator, Judges, parse_targets
+from faceage.groups import AgeScheme
 
 ESTIMATOR_DIRNAME = "age-estimator"
 # Faces on which every run compares the PyTorch descriptors with dlib's own (~0.15 s each with dlib).
@@ -45,6 +46,7 @@ def evaluate(
 
     generator, meta = load_generator(model, device)
     generator = generator.to(memory_format=torch.channels_last)  # ~3x faster bf16 convolutions on CPU
+    parse_targets(AgeScheme.from_dict(meta["scheme"]), config.targets)  # fail before the slow set-up
     cache = open_cache(data)
     est_dir = Path(estimator) if estimator is not None else find_estimator()
     net, info = load_estimator(est_dir, device)

@@ -69,13 +69,17 @@ class _B(nn.Module):
 class _C(nn.Module):
     def __init__(self, cin: int, c7: int) -> None:
         super().__init__()
-        row, col = ((1, 7), (0, 3)), ((7, 1), (3, 0))
+
+        def row(a: int, b: int) -> _Conv:
+            return _Conv(a, b, (1, 7), padding=(0, 3))
+
+        def col(a: int, b: int) -> _Conv:
+            return _Conv(a, b, (7, 1), padding=(3, 0))
+
         self.branch1x1 = _Conv(cin, 192, 1)
-        self.branch7x7_1 = _Conv(cin, c7, 1)
-        self.branch7x7_2, self.branch7x7_3 = _Conv(c7, c7, *row), _Conv(c7, 192, *col)
-        self.branch7x7dbl_1 = _Conv(cin, c7, 1)
-        self.branch7x7dbl_2, self.branch7x7dbl_3 = _Conv(c7, c7, *col), _Conv(c7, c7, *row)
-        self.branch7x7dbl_4, self.branch7x7dbl_5 = _Conv(c7, c7, *col), _Conv(c7, 192, *row)
+        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = _Conv(cin, c7, 1), row(c7, c7), col(c7, 192)
+        self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3 = _Conv(cin, c7, 1), col(c7, c7), row(c7, c7)
+        self.branch7x7dbl_4, self.branch7x7dbl_5 = col(c7, c7), row(c7, 192)
         self.branch_pool = _Conv(cin, 192, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,4 +187,4 @@ def load_fid_inception(path: str | Path, device: str | torch.device = "cpu") -> 
             f"{len(wrong)} with wrong shapes (e.g. {wrong[:2]})"
         )
     net.load_state_dict(state, strict=False)
-    return net.to(device).eval().requires_grad_(False)
+    return net.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)

@@ -40,8 +40,24 @@ def frechet_distance_from_stats(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarr
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Squared Fréchet distance between Gaussians fitted to feature sets ``a`` [N, D] and ``b`` [M, D]."""
-    return frechet_distance_from_stats(*feature_stats(a), *feature_stats(b))
+    """Squared Fréchet distance between Gaussians fitted to feature sets ``a`` [N, D] and ``b`` [M, D].
+
+    With fewer samples than dimensions (2048-D Inception features of a few hundred faces) it avoids the
+    D x D matrix square root: writing ``cov_i = Y_i^T Y_i`` with ``Y_i`` the centred samples divided by
+    ``sqrt(n_i - 1)``, ``Tr(sqrt(cov1 cov2))`` is the nuclear norm of the small matrix ``Y1 Y2^T``.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if min(len(a), len(b)) >= a.shape[-1]:
+        return frechet_distance_from_stats(*feature_stats(a), *feature_stats(b))
+    for x in (a, b):
+        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] != a.shape[1]:
+            raise ValueError(f"frechet_distance needs two [N>=2, D] arrays with the same D, got {a.shape}, {b.shape}")
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    y1 = (a - mu1) / np.sqrt(len(a) - 1)
+    y2 = (b - mu2) / np.sqrt(len(b) - 1)
+    cross = np.linalg.svd(y1 @ y2.T, compute_uv=False).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + (y1 * y1).sum() + (y2 * y2).sum() - 2.0 * cross, 0.0))
 
 
 def kernel_inception_distance(

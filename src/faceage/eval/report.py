@@ -59,7 +59,7 @@ def plot_ages(result: EvalResult) -> bytes:
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(targets) + 2), 4.5))
     lower = result.metrics["model"]["scheme"]["lower"]
     for i, g in enumerate(targets):
-        hi = lower[g + 1] - 1 if g + 1 < len(lower) else lower[g] + 10
+        hi = lower[g + 1] if g + 1 < len(lower) else max(100, lower[g] + 10)  # ages in [lower, next lower)
         ax.add_patch(plt.Rectangle((i + 0.6, lower[g]), 0.8, hi - lower[g], color="tab:green", alpha=0.15, lw=0))
     ax.boxplot([result.output_ages[g] for g in targets], positions=range(1, len(targets) + 1), widths=0.5)
     real = [(i + 1, result.real_ages[g].mean()) for i, g in enumerate(targets) if len(result.real_ages[g])]
@@ -126,39 +126,75 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(m: dict, has_grid: bool = True) -> str:
     """``report.md``: setup, the per-group tables (age, identity, realism), reconstruction and caveats."""
-    ident, data, over, rec = m["identity"], m["data"], m["overall"], m["reconstruction"]
-    t = m["targets"]
-    parts = [
+    data, over = m["data"], m["overall"]
+    head = [
         "# faceage evaluation",
         "",
         f"Model `{m['model']['model']}` ({m['model']['image_size']} px, scheme `{m['model']['scheme']['name']}`); "
         f"cache `{data['cache']}`, split `{data['split']}`: {data['n_sources']} source faces aged to "
-        f"{len(t)} target groups ({over['n_outputs']} outputs), {data['n_reference']} real reference faces. "
-        f"Wall time {m['timing']['total_s']:.0f} s.",
+        f"{len(m['targets'])} target groups ({over['n_outputs']} outputs), {data['n_reference']} real reference "
+        f"faces. Wall time {m['timing']['total_s']:.0f} s.",
         "",
+        *[f"> **Warning:** {w}\n" for w in m.get("warnings", [])],
+    ]
+    plots = [
+        "## Plots",
+        "",
+        "![estimated ages](age_distribution.png)",
+        "",
+        "![identity distances](identity_distance.png)",
+    ]
+    if has_grid:
+        plots += ["", "![samples](samples.png)"]
+    timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in m["timing"].items())
+    sections = [head, _age_section(m), _identity_section(m), _realism_section(m), _reconstruction_section(m), plots]
+    return "\n".join(line for section in sections for line in [*section, ""]) + f"Timing: {timing}.\n"
+
+
+def _age_section(m: dict) -> list[str]:
+    rows = [
+        [
+            r["label"],
+            str(r["n_outputs"]),
+            f"{r['est_age_mean']:.1f} ± {r['est_age_std']:.1f}",
+            _f(r["group_accuracy"], ".1%"),
+            str(r["n_real"]),
+            _f(r["real_est_age_mean"], ".1f"),
+            _f(r["real_group_accuracy"], ".1%"),
+        ]
+        for r in m["targets"]
+    ]
+    header = ["target", "outputs", "est. age (mean ± std)", "group acc.", "real faces", "real est. age", "real acc."]
+    return [
         "## Age",
         "",
-        "Estimated by faceage's age estimator (expected value over 0–100 years) — generated faces vs. real "
+        "Estimated by faceage's age estimator (expected value over 0–100 years): generated faces next to real "
         "faces of the same group, as in the AcGAN paper's table.",
         "",
-        _table(
-            ["target", "outputs", "est. age (mean ± std)", "group acc.", "real faces", "real est. age", "real acc."],
-            [
-                [
-                    r["label"],
-                    str(r["n_outputs"]),
-                    f"{r['est_age_mean']:.1f} ± {r['est_age_std']:.1f}",
-                    _f(r["group_accuracy"], ".1%"),
-                    str(r["n_real"]),
-                    _f(r["real_est_age_mean"], ".1f"),
-                    _f(r["real_group_accuracy"], ".1%"),
-                ]
-                for r in t
-            ],
-        ),
+        _table(header, rows),
         "",
-        f"All outputs: group accuracy {over['group_accuracy']:.1%}. {_estimator_line(m)}",
-        "",
+        f"All outputs: group accuracy {m['overall']['group_accuracy']:.1%}. {_estimator_line(m)}",
+    ]
+
+
+def _identity_section(m: dict) -> list[str]:
+    ident, over, data = m["identity"], m["overall"], m["data"]
+
+    def row(label: str, r: dict, real_detected: float | None) -> list[str]:
+        return [
+            label,
+            f"{r['id_distance_mean']:.3f} ± {r['id_distance_std']:.3f}",
+            _f(r["verification_0.6"], ".1%"),
+            _f(r["verification_far"], ".1%"),
+            _f(r["detected"], ".1%"),
+            _f(real_detected, ".1%"),
+        ]
+
+    rows = [row(r["label"], r, r["real_detected"]) for r in m["targets"]] + [
+        row("**all**", over, data["real_detected"])
+    ]
+    header = ["target", "distance (mean ± std)", "verified @0.6", "verified @FAR", "face detected", "real detected"]
+    return [
         "## Identity",
         "",
         f"Distance between the 128-D face descriptors of input and output; same person when below dlib's "
@@ -167,58 +203,39 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         f"{data['split']} faces are accepted (target FAR {ident['far_target']:.1%}; at 0.6 that rate is "
         f"{ident['impostor_far_at_0.6']:.2%}). {_identity_caveat(ident)}",
         "",
-        _table(
-            ["target", "distance (mean ± std)", "verified @0.6", "verified @FAR", "face detected"],
-            [
-                [
-                    r["label"],
-                    f"{r['id_distance_mean']:.3f} ± {r['id_distance_std']:.3f}",
-                    _f(r["verification_0.6"], ".1%"),
-                    _f(r["verification_far"], ".1%"),
-                    _f(r["detected"], ".1%"),
-                ]
-                for r in t
-            ]
-            + [
-                [
-                    "**all**",
-                    f"{over['id_distance_mean']:.3f} ± {over['id_distance_std']:.3f}",
-                    _f(over["verification_0.6"], ".1%"),
-                    _f(over["verification_far"], ".1%"),
-                    _f(over["detected"], ".1%"),
-                ]
-            ],
-        ),
+        _table(header, rows),
         "",
         f"Embeddings: {m['judges']['embedding']}.{_check_line(m)} Face detection: {m['judges']['detector']}.",
-        "",
+    ]
+
+
+def _realism_section(m: dict) -> list[str]:
+    lines = [
         "## Realism",
         "",
         "Fréchet distance (squared, lower is better) between Gaussians fitted to the outputs aged to a group and "
         "to the real faces of that group: **FD-dlib** in face-descriptor space, **FD-age** in the age "
-        "estimator's 256-D penultimate features. *Inputs* columns: the same distance for the unchanged source "
-        "faces, what a generator that does nothing would score. These are not FID; with few real faces in a "
-        "group the estimate is biased upwards (see the counts).",
-        "",
-        _realism_table(t),
-        "",
+        "estimator's penultimate features. *Inputs* columns: the same distance for the unchanged source faces, "
+        "what a generator that does nothing would score. These are not FID; with few real faces in a group the "
+        "estimate is biased upwards (see the counts).",
+    ]
+    if m["judges"].get("inception_weights"):
+        lines[-1] += (
+            " FID and KID (unbiased MMD², cubic kernel) use the Inception weights "
+            f"`{m['judges']['inception_weights']}` in faceage's plain-PyTorch rebuild of pytorch-fid's network."
+        )
+    return [*lines, "", _realism_table(m["targets"])]
+
+
+def _reconstruction_section(m: dict) -> list[str]:
+    rec = m["reconstruction"]
+    return [
         "## Reconstruction (target = source group)",
         "",
         f"{rec['n']} outputs: L1 {rec['l1']:.4f} (pixels in [0, 1]); descriptor distance "
         f"{rec['id_distance_mean']:.3f} ± {rec['id_distance_std']:.3f}; Age-cGAN-style verification "
         f"{rec['verification_0.6']:.1%} at 0.6, {rec['verification_far']:.1%} at the FAR threshold.",
-        "",
-        "## Plots",
-        "",
-        "![estimated ages](age_distribution.png)",
-        "",
-        "![identity distances](identity_distance.png)",
     ]
-    if has_grid:
-        parts += ["", "![samples](samples.png)"]
-    timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in m["timing"].items())
-    parts += ["", f"Timing: {timing}.", ""]
-    return "\n".join(parts)
 
 
 def _realism_table(t: list[dict]) -> str:
@@ -228,10 +245,10 @@ def _realism_table(t: list[dict]) -> str:
         header += ["FID", "KID"]
     rows = []
     for r in t:
-        row = [r["label"], str(r["n_real"]), _f(r["fd_dlib"], ".3f"), _f(r["fd_dlib_inputs"], ".3f")]
-        row += [_f(r["fd_age"], ".1f"), _f(r["fd_age_inputs"], ".1f")]
+        row = [r["label"], str(r["n_real"]), _f(r["fd_dlib"], ".4g"), _f(r["fd_dlib_inputs"], ".4g")]
+        row += [_f(r["fd_age"], ".4g"), _f(r["fd_age_inputs"], ".4g")]
         if has_fid:
-            row += [_f(r.get("fid"), ".1f"), _f(r.get("kid"), ".4f")]
+            row += [_f(r.get("fid"), ".4g"), _f(r.get("kid"), ".4g")]
         rows.append(row)
     return _table(header, rows)
 
@@ -240,7 +257,7 @@ def _estimator_line(m: dict) -> str:
     est, data = m.get("estimator", {}), m["data"]
     line = f"Estimator MAE on these real faces: {data['estimator_mae_on_reference']:.2f} years"
     if est.get("test_mae") is not None:
-        line += f" (its own test MAE: {est['test_mae']:.2f})"
+        line += f" (estimator `{est['path']}`, its own test MAE {est['test_mae']:.2f})"
     if "estimator_trained_on_reference_faces" in data:
         n = data["estimator_trained_on_reference_faces"]
         line += f"; it was trained on {n} of the {data['n_reference']} real faces used here"

@@ -40,7 +40,7 @@ class EvalConfig:
 
     split: str = "test"
     n: int | None = None  # source faces (seeded sample); None = the whole split
-    targets: list[int] | None = None  # target groups; None = all groups of the scheme
+    targets: list[int | str] | None = None  # groups (index, age or label like "30-39"); None = all groups
     n_reference: int | None = None  # real faces for reference statistics; None = the whole split
     batch_size: int = 32
     seed: int = 0
@@ -110,7 +110,7 @@ def _judge_input(images: np.ndarray, size: int, device: torch.device) -> torch.T
 
 
 class Evaluator:
-    """Runs one evaluation of ``generator`` on ``cache`` and returns a plain-data result dict."""
+    """One evaluation of ``generator`` on ``cache``: ``run()`` returns an :class:`EvalResult`."""
 
     def __init__(
         self,
@@ -130,9 +130,15 @@ class Evaluator:
                 f"the model works at {meta['image_size']} px but the cache holds {cache.size} px faces; "
                 f"prepare a cache with --size {meta['image_size']}"
             )
-        self.targets = list(range(self.scheme.num_groups)) if config.targets is None else list(config.targets)
+        self.targets = parse_targets(self.scheme, config.targets)
         self.groups = np.array([self.scheme.group(float(a)) for a in cache.ages])
         self.timing: dict[str, float] = {}
+        self.warnings: list[str] = []
+        if (meta.get("align") or None) != (cache.align or None):
+            self.warnings.append(
+                f"the model was trained on faces aligned as {meta.get('align')} but this cache's faces are aligned "
+                f"as {cache.align}; the model may do better on faces prepared like its training data"
+            )
 
     # -- phase 1 ------------------------------------------------------------------------------------
     def reference(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -159,7 +165,7 @@ class Evaluator:
 
     # -- phase 2 ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, sources: np.ndarray, grid: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def generate(self, sources: np.ndarray, grid: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
         """Age every source to every target (plus its own group for reconstruction) and judge the outputs."""
         col = _Collected()
         bs = self.cfg.batch_size
@@ -177,7 +183,7 @@ class Evaluator:
         bar.close()
         return col.arrays()
 
-    def _one_target(self, col: _Collected, x, imgs, pos, t: int, grid: list[np.ndarray]) -> None:
+    def _one_target(self, col: _Collected, x, imgs, pos, t: int, grid: dict[int, np.ndarray]) -> None:
         target = torch.full((len(pos),), t, dtype=torch.int64, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             y = self.G(x, target)
@@ -197,7 +203,7 @@ class Evaluator:
         if t in self.targets:
             ti = self.targets.index(t)
             for p, o in zip(pos, out, strict=True):
-                if p < len(grid):
+                if p in grid:
                     grid[p][ti + 1] = o
 
     # -- the whole run ------------------------------------------------------------------------------
@@ -212,13 +218,16 @@ class Evaluator:
         rest = np.setdiff1d(split_rows, sources)
         n_extra = None if self.cfg.n_reference is None else max(0, self.cfg.n_reference - len(sources))
         reference = np.sort(np.concatenate([sources, _sample(rest, n_extra, self.cfg.seed + 1)]))
+        pairs = len(reference) * (len(reference) - 1) // 2
+        if pairs * self.cfg.far < 1:
+            raise ValueError(
+                f"{len(reference)} real faces give {pairs} different-person pairs, too few to calibrate "
+                f"FAR={self.cfg.far:g} (needs {int(np.ceil(1 / self.cfg.far))}); use a larger split or a higher --far"
+            )
         ref = self.reference(reference)
         self.timing["reference_s"] = time.perf_counter() - t0
 
-        n_grid = min(self.cfg.grid_faces, len(sources))
-        grid = [np.zeros((len(self.targets) + 1, *self.cache.images.shape[1:]), np.uint8) for _ in range(n_grid)]
-        for i in range(n_grid):
-            grid[i][0] = self.cache.images[sources[i]]
+        grid = self._grid_slots(sources)
         t1 = time.perf_counter()
         out = self.generate(sources, grid)
         self.timing["generate_s"] = time.perf_counter() - t1
@@ -230,8 +239,26 @@ class Evaluator:
         ages = {g: out["age"][out["target"] == g] for g in self.targets}
         real_ages = {g: ref["age"][self.groups[reference] == g] for g in self.targets}
         return EvalResult(
-            metrics, np.stack(grid) if grid else None, ages, real_ages, dists["output"], dists["impostor"]
+            metrics,
+            np.stack(list(grid.values())) if grid else None,
+            ages,
+            real_ages,
+            dists["output"],
+            dists["impostor"],
         )
+
+    def _grid_slots(self, sources: np.ndarray) -> dict[int, np.ndarray]:
+        """Source position -> [1 + targets, S, S, 3] rows of the sample grid (input filled in), youngest first.
+
+        The grid shows faces spread evenly over the sources' ages, not just the first few of the cache.
+        """
+        by_age = np.argsort(self.cache.ages[sources], kind="stable")
+        spread = np.linspace(0, len(sources) - 1, min(self.cfg.grid_faces, len(sources))).round().astype(int)
+        grid = {}
+        for p in by_age[np.unique(spread)]:
+            grid[int(p)] = np.zeros((len(self.targets) + 1, *self.cache.images.shape[1:]), np.uint8)
+            grid[int(p)][0] = self.cache.images[sources[p]]
+        return grid
 
     # -- phase 3 ------------------------------------------------------------------------------------
     def summarise(self, sources: np.ndarray, reference: np.ndarray, ref: dict, out: dict) -> tuple[dict, dict]:
@@ -256,6 +283,7 @@ class Evaluator:
             "config": {**self.cfg.__dict__, "targets": self.targets},
             "data": self._data_summary(sources, reference, ref, ref_groups),
             "judges": {"embedding": self.judges.faces_name, "detector": self.judges.detector_name},
+            "warnings": self.warnings,
             "identity": identity,
             "targets": per_target,
             "overall": self._overall(out, main, dist, thresholds),
@@ -342,6 +370,18 @@ class Evaluator:
             ids = set(sample_ids(self.cache, reference))
             d["estimator_trained_on_reference_faces"] = len(ids & self.judges.estimator_train_ids)
         return d
+
+
+def parse_targets(scheme: AgeScheme, targets: list[int | str] | None) -> list[int]:
+    """Group indices (sorted, unique) from indices, ages ("70") or labels ("30-39"); None means all groups."""
+    if targets is None:
+        return list(range(scheme.num_groups))
+    groups = set()
+    for t in targets:
+        if isinstance(t, int) and not 0 <= t < scheme.num_groups:
+            raise ValueError(f"target group {t} out of range for scheme {scheme.name!r}")
+        groups.add(t if isinstance(t, int) else scheme.parse(t))
+    return sorted(groups)
 
 
 def _groups_of(scheme: AgeScheme, ages: np.ndarray) -> np.ndarray:

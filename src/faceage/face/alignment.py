@@ -36,7 +36,9 @@ class AlignPreset:
 # ``chip_box`` is the mean box of dlib.get_face_chip_details (150 px, padding 0.25) inside crops of the
 # preset, measured on 244 UTKFace faces; for "utkface" it is the whole crop to within 4%.
 PRESETS: dict[str, AlignPreset] = {
-    "ffhq": AlignPreset("ffhq", 1.0, 0.1, "FFHQ / FFHQ-Aging framing: the whole head with hair", (0.16, 0.26, 0.85, 0.95)),
+    "ffhq": AlignPreset(
+        "ffhq", 1.0, 0.1, "FFHQ / FFHQ-Aging framing: the whole head with hair", (0.16, 0.26, 0.85, 0.95)
+    ),
     "utkface": AlignPreset("utkface", 0.64, 0.5, "UTKFace chips: tight, eyebrows to chin", None),
 }
 
@@ -55,7 +57,7 @@ def get_preset(preset: str | AlignPreset) -> AlignPreset:
 
 @dataclass
 class Aligned:
-    """An aligned face crop: ``image`` size x size x 3 uint8, ``matrix`` 2x3 (original -> crop), ``landmarks`` in crop."""
+    """An aligned face: ``image`` (size x size x 3 uint8), ``matrix`` (2x3, original -> crop), ``landmarks`` in crop."""
 
     image: np.ndarray
     matrix: np.ndarray
@@ -170,9 +172,7 @@ def _source_region(image: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np
     return np.ascontiguousarray(work), to_work
 
 
-def align(
-    image: np.ndarray, landmarks: np.ndarray, size: int, preset: str | AlignPreset = "utkface"
-) -> Aligned:
+def align(image: np.ndarray, landmarks: np.ndarray, size: int, preset: str | AlignPreset = "utkface") -> Aligned:
     """Crop, rotate and scale the face given by 68 (or 5) landmarks to a size x size image."""
     image = as_rgb(image)
     matrix = alignment_matrix(landmarks, size, preset)
@@ -236,7 +236,7 @@ def unalign(crop: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]) -> tup
 
 
 def paste_back(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Blend an (edited) uint8 crop back into ``image`` through ``mask`` (crop-sized, [0, 1]; default the whole crop)."""
+    """Blend an (edited) crop back into ``image`` through ``mask`` (crop-sized, in [0, 1]; default: all of it)."""
     out = as_rgb(image).copy()
     box = _footprint(matrix, crop.shape[:2], out.shape[:2])
     if box[2] <= box[0] or box[3] <= box[1]:

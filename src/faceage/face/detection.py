@@ -99,7 +99,7 @@ def _upsamples(shape: tuple[int, ...], min_face: float) -> int:
 def _run_detector(image: np.ndarray, detector: str, upsample: int, threshold: float) -> list[tuple]:
     if detector == "hog":
         rects, scores, _ = _hog().run(image, upsample, threshold)
-        return [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores)]
+        return [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores, strict=True)]
     if detector == "cnn":
         found = _cnn()(image, upsample)
         return [(m.rect.left(), m.rect.top(), m.rect.right(), m.rect.bottom(), m.confidence) for m in found]

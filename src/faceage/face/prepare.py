@@ -12,7 +12,7 @@ NO_FACE = "no face"
 
 
 def align_transform(size: int, preset: str = "utkface", detector: str = "hog") -> ImageTransform:
-    """Align the largest face of each photo with ``preset`` and store its soft mask; photos without a face are skipped."""
+    """Align the largest face of each photo with ``preset`` and keep its soft mask; skip photos without a face."""
     get_preset(preset)  # fail early, in the parent process, on a bad name
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")

@@ -78,8 +78,10 @@ def _read_con(r: DlibReader, filters: int, size: int, stride: int) -> tuple[np.n
     if version == "con_6" and r.bool():
         raise DlibFormatError(f"{r.name}: convolution with a fused relu is not supported")
     nw = math.prod(wshape)
+    if wshape != (filters, wshape[1], size, size) or (use_bias and math.prod(bshape) != filters):
+        raise DlibFormatError(f"{r.name}: convolution weights {wshape} and biases {bshape} for {filters} filters")
     bias = params[nw : nw + filters] if use_bias else np.zeros(filters, np.float32)
-    return params[:nw].reshape(wshape), bias.reshape(math.prod(bshape) if use_bias else filters)
+    return params[:nw].reshape(wshape), bias
 
 
 def _read_affine(r: DlibReader) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +148,7 @@ def read_dlib_resnet(path: str | os.PathLike) -> DlibResNetWeights:
     r.expect_int(INPUT_SIZE, "input columns")
 
     convs, affines, fc = [], [], None
-    for op, version in zip(ops, reversed(versions)):
+    for op, version in zip(ops, reversed(versions), strict=True):
         kind = op[0]
         if kind in ("tag", "skip"):
             continue
@@ -229,7 +231,7 @@ class DlibResNet(nn.Module):
         convs = [net.stem] + [c for b in net.blocks for c in (b.conv1, b.conv2)]
         assert len(convs) == len(w.convs) == len(w.affines), (len(convs), len(w.convs), len(w.affines))
         with torch.no_grad():
-            for conv, (weight, bias), (gamma, beta) in zip(convs, w.convs, w.affines):
+            for conv, (weight, bias), (gamma, beta) in zip(convs, w.convs, w.affines, strict=True):
                 g = gamma.astype(np.float64)
                 conv.weight.copy_(torch.from_numpy(weight.astype(np.float64) * g[:, None, None, None]))
                 conv.bias.copy_(torch.from_numpy(bias.astype(np.float64) * g + beta))

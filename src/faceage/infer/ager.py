@@ -110,7 +110,10 @@ class Ager:
         aligned: bool = False,
         largest: bool = False,
     ) -> list[list[Image.Image]]:
-        """Several images to several targets in shared generator batches; ``result[i][j]`` is image i at target j."""
+        """Several images to several targets in shared generator batches; ``result[i][j]`` is image i at target j.
+
+        Raises :class:`NoFaceError` when any photo has no face (use :meth:`transform` per photo to go on).
+        """
         groups = [self.group(t) for t in targets]
         prepared = [self._prepare(to_array(im), aligned, largest) for im in images]
         counts = [len(p.crops) for p in prepared]
@@ -189,8 +192,9 @@ def load(
 ) -> Ager:
     """An :class:`Ager` for the bundled model (``None``), a model name, a folder, a checkpoint or an .onnx file.
 
-    ``backend`` is ``"torch"`` or ``"onnx"`` (default: onnx for an .onnx file, torch otherwise);
-    ``precision`` ``"bf16"`` runs torch under bf16 autocast (about 3x faster on CPUs with AMX).
+    ``backend`` is ``"torch"`` or ``"onnx"`` (default: onnx for an .onnx file, torch otherwise; with onnx a
+    folder's ``model.onnx`` is used); ``precision="bf16"`` runs torch under bf16 autocast (faster on CPUs
+    with AMX and on GPUs).
     """
     path = resolve_model(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -15,20 +15,25 @@ PRECISIONS = ("fp32", "bf16")
 
 
 class TorchBackend:
-    """Runs a torch generator eagerly on its device, in fp32 or under bf16 autocast."""
+    """Runs a torch generator eagerly on its device, in fp32 or under bf16 autocast.
+
+    The generator is switched (in place) to channels-last memory format: oneDNN and cuDNN convolutions
+    run 2-3x faster on it than on the default layout, with the same results up to float rounding.
+    """
 
     name = "torch"
 
     def __init__(self, generator: torch.nn.Module, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-        self.generator = generator.eval()
+        self.generator = generator.eval().to(memory_format=torch.channels_last)
         self.precision = precision
         param = next(generator.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
         t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64)).to(self.device)
         assert x.ndim == 4 and x.shape[1] == 3 and t.shape == (x.shape[0],), (x.shape, t.shape)
         with (

@@ -51,8 +51,7 @@ def paste_faces(photo: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray
     """
     from faceage.face import unalign
 
-    out = photo.astype(np.float32)
-    touched = np.zeros(photo.shape[:2], dtype=bool)
+    result = photo.copy()
     for matrix, mask, crop in pieces:
         x0, y0, x1, y1 = face_window(matrix, mask.shape[0], photo.shape)
         if x1 <= x0 or y1 <= y0:
@@ -61,12 +60,10 @@ def paste_faces(photo: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray
         local[:, 2] += local[:, :2] @ np.array([x0, y0], dtype=np.float64)
         stacked = np.concatenate([crop, mask[..., None]], axis=2).astype(np.float32)
         warped, coverage = unalign(stacked, local, (y1 - y0, x1 - x0))
-        pixels = warped[..., :3]
         alpha = np.clip(warped[..., 3], 0, 1) * np.clip(coverage, 0, 1)
-        alpha[alpha < MIN_ALPHA] = 0
-        region = out[y0:y1, x0:x1]
-        region += (pixels - region) * alpha[..., None]
-        touched[y0:y1, x0:x1] |= alpha > 0
-    result = photo.copy()
-    result[touched] = np.clip(np.rint(out[touched]), 0, 255).astype(np.uint8)
+        inside = alpha >= MIN_ALPHA
+        region = result[y0:y1, x0:x1]
+        before = region[inside].astype(np.float32)
+        blended = before + (warped[..., :3][inside] - before) * alpha[inside][:, None]
+        region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return result

@@ -16,8 +16,9 @@ DEFAULT_MODEL = "default"
 MODEL_SUFFIXES = (".pt", ".onnx")
 
 HOW_TO_GET_ONE = (
-    "train one with `faceage train` and export its checkpoint with "
-    "`faceage export --model RUN/CHECKPOINT.pt --safetensors ~/.faceage/models/NAME` (then use --model NAME), "
+    "train one (`faceage prepare --dataset utkface --root DIR --size 128 --out CACHE`, then "
+    "`faceage train --config ragan_utk128 --data CACHE --out RUN`) and export it with "
+    "`faceage export --model RUN/checkpoints/last.pt --safetensors ~/.faceage/models/NAME` (then use --model NAME), "
     "or pass --model PATH to a checkpoint .pt, an exported folder or an .onnx file"
 )
 

@@ -30,13 +30,19 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from faceage import losses
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
-from faceage.nn.layers import EqualConv2d, EqualLinear, ModulatedResBlockUp, ResBlockDown, leaky_relu
+from faceage.nn.layers import (
+    DownBlock,
+    EqualConv2d,
+    EqualConvTranspose2d,
+    EqualLinear,
+    ModulatedUpBlock,
+    leaky_relu,
+)
 
 
 @dataclass
@@ -83,21 +89,21 @@ class RAGANConfig:
 class IdentityEncoder(nn.Module):
     """``Enc``: image-to-feature convolution, then downsampling residual blocks, giving ``f_id``.
 
-    The image-to-feature step is a space-to-depth rearrangement (each 2x2 pixel block becomes 12
-    channels) followed by a 3x3 convolution, so no wide feature map ever exists at full resolution —
-    the single largest saving on CPUs. Also returns the features at the resolutions shared with the decoder.
+    The image-to-feature step is a 4x4 stride-2 convolution, so no wide feature map ever exists at full
+    resolution — the single largest saving on CPUs. Also returns the features at the resolutions shared
+    with the decoder.
     """
 
     def __init__(self, cfg: RAGANConfig) -> None:
         super().__init__()
-        self.stem = EqualConv2d(12, cfg.enc_channels(1), 3)
+        self.stem = EqualConv2d(3, cfg.enc_channels(1), 4, stride=2, padding=1)
         self.blocks = nn.ModuleList(
-            ResBlockDown(cfg.enc_channels(level), cfg.enc_channels(level + 1)) for level in range(1, cfg.downsamples)
+            DownBlock(cfg.enc_channels(level), cfg.enc_channels(level + 1)) for level in range(1, cfg.downsamples)
         )
         self.skip_factors = cfg.skip_factors
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        h = leaky_relu(self.stem(F.pixel_unshuffle(x, 2)))
+        h = leaky_relu(self.stem(x))
         shared = {}
         for level, block in enumerate(self.blocks, start=1):
             if 2**level in self.skip_factors:
@@ -143,8 +149,8 @@ class Decoder(nn.Module):
     """``Dec``: residual blocks modulated by ``f_aw``, upsampling ``f_id`` back to an image.
 
     Shared encoder features are added (through a 1x1 convolution) after the block that reaches their
-    resolution. The last convolution predicts each 2x2 output pixel block at half resolution
-    (depth-to-space, the mirror of the encoder's stem); ``tanh`` maps the result into [-1, 1].
+    resolution. A 4x4 stride-2 transposed convolution (the mirror of the encoder's stem) turns the
+    half-resolution features into RGB; ``tanh`` maps the result into [-1, 1].
     """
 
     def __init__(self, cfg: RAGANConfig) -> None:
@@ -152,14 +158,14 @@ class Decoder(nn.Module):
         c = cfg.enc_channels
         bottom = cfg.downsamples
         self.bottleneck = nn.ModuleList(
-            ModulatedResBlockUp(c(bottom), c(bottom), cfg.style_dim, up=False) for _ in range(cfg.bottleneck_blocks)
+            ModulatedUpBlock(c(bottom), c(bottom), cfg.style_dim, up=False) for _ in range(cfg.bottleneck_blocks)
         )
         self.levels = list(reversed(range(1, bottom)))
-        self.ups = nn.ModuleList(ModulatedResBlockUp(c(level + 1), c(level), cfg.style_dim) for level in self.levels)
+        self.ups = nn.ModuleList(ModulatedUpBlock(c(level + 1), c(level), cfg.style_dim) for level in self.levels)
         self.shared = nn.ModuleDict(
             {str(f): EqualConv2d(c(int(math.log2(f))), c(int(math.log2(f))), 1) for f in cfg.skip_factors}
         )
-        self.to_rgb = EqualConv2d(c(1), 12, 3)
+        self.to_rgb = EqualConvTranspose2d(c(1), 3)
 
     def forward(self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], f_aw: torch.Tensor) -> torch.Tensor:
         h = f_id
@@ -169,7 +175,7 @@ class Decoder(nn.Module):
             h = block(h, f_aw)
             if str(2**level) in self.shared:
                 h = h + self.shared[str(2**level)](shared[2**level])
-        return torch.tanh(F.pixel_shuffle(self.to_rgb(h), 2))
+        return torch.tanh(self.to_rgb(h))
 
 
 class RAGANGenerator(nn.Module):
@@ -206,14 +212,14 @@ class MultiTaskDiscriminator(nn.Module):
             return min(cfg.d_channels * 2**level, cfg.d_max_channels)
 
         levels = int(math.log2(cfg.image_size)) - 2  # down to 4x4
-        self.stem = EqualConv2d(12, c(1), 1)  # space-to-depth stem, as in the encoder
-        self.blocks = nn.Sequential(*(ResBlockDown(c(level), c(level + 1)) for level in range(1, levels)))
+        self.stem = EqualConv2d(3, c(1), 4, stride=2, padding=1)  # to half resolution, as in the encoder
+        self.blocks = nn.Sequential(*(DownBlock(c(level), c(level + 1)) for level in range(1, levels)))
         self.conv = EqualConv2d(c(levels), c(levels), 3)
         self.fc = EqualLinear(c(levels) * 16, c(levels))
         self.out = EqualLinear(c(levels), cfg.num_groups)
 
     def forward(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(leaky_relu(self.stem(F.pixel_unshuffle(x, 2))))
+        h = self.blocks(leaky_relu(self.stem(x)))
         h = leaky_relu(self.conv(h)).flatten(1)
         logits = self.out(leaky_relu(self.fc(h)))  # [B, num_groups]: one real/fake task per group
         return logits.gather(1, group[:, None]).squeeze(1)
@@ -261,7 +267,9 @@ class RAGAN(FaceAgingModel):
             return {"loss": total, **terms}
 
         def discriminator_loss() -> dict[str, torch.Tensor]:
-            d_loss = losses.discriminator_adversarial(self.discriminator(x, source), self.discriminator(out["fake"], target))
+            d_loss = losses.discriminator_adversarial(
+                self.discriminator(x, source), self.discriminator(out["fake"], target)
+            )
             return {"loss": d_loss, "d_adv": d_loss}
 
         def r1_loss() -> dict[str, torch.Tensor]:

@@ -44,16 +44,38 @@ class EqualLinear(nn.Module):
 class EqualConv2d(nn.Module):
     """A convolution with equalised learning rate, so one Adam learning rate suits every layer."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
         self.scale = 1 / math.sqrt(in_ch * kernel_size * kernel_size)
         self.stride = stride
-        self.padding = kernel_size // 2
+        self.padding = kernel_size // 2 if padding is None else padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+
+class EqualConvTranspose2d(nn.Module):
+    """A 4x4 stride-2 transposed convolution (doubles the resolution) with equalised learning rate."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(in_ch, out_ch, 4, 4))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.scale = 1 / math.sqrt(in_ch * 4)  # each output pixel sees 2x2 taps of every input channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight * self.scale, self.bias, stride=2, padding=1)
 
 
 class ModulatedConv2d(nn.Module):
@@ -65,66 +87,57 @@ class ModulatedConv2d(nn.Module):
     weight demodulation and runs as a single ordinary convolution.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, *, demodulate: bool = True) -> None:
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.affine = EqualLinear(style_dim, in_ch, bias_init=1.0)
         self.scale = 1 / math.sqrt(in_ch * kernel_size * kernel_size)
         self.padding = kernel_size // 2
-        self.demodulate = demodulate
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.affine(style)  # [B, in_ch]: this layer's modulation parameters
         w = self.weight * self.scale
+        # ||w * s||^2 for every (sample, output channel), in fp32 even under autocast.
+        demod = torch.rsqrt(s.float().square() @ w.float().square().sum(dim=(2, 3)).t() + 1e-8)
         # The .to(dtype) casts keep products in the activations' dtype (bf16 under autocast): mixing in an
         # fp32 vector would promote whole feature maps to fp32.
         out = F.conv2d(x * s[:, :, None, None].to(x.dtype), w, padding=self.padding)
-        if self.demodulate:
-            # ||w * s||^2 for every (sample, output channel), computed in fp32 even under autocast.
-            norm = s.float().square() @ w.float().square().sum(dim=(2, 3)).t()
-            out = out * torch.rsqrt(norm + 1e-8)[:, :, None, None].to(out.dtype)
-        return out + self.bias[None, :, None, None].to(out.dtype)
+        return torch.addcmul(self.bias[None, :, None, None].to(out.dtype), out, demod[:, :, None, None].to(out.dtype))
 
 
-class ResBlockDown(nn.Module):
-    """Residual block that halves the resolution (or keeps it with ``down=False``).
+class DownBlock(nn.Module):
+    """Halve the resolution with a strided 3x3 convolution, then a residual 3x3 convolution.
 
-    The strided 3x3 convolution comes first, so both 3x3 convolutions run at the output resolution:
-    four times less compute than convolving at the input resolution, which matters on CPUs.
+    Both convolutions run at the output resolution — four times cheaper than convolving first and
+    pooling after, which matters on CPUs.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, down: bool = True) -> None:
+    def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        stride = 2 if down else 1
-        self.conv1 = EqualConv2d(in_ch, out_ch, 3, stride=stride)
-        self.conv2 = EqualConv2d(out_ch, out_ch, 3)
-        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
-        self.down = down
+        self.down = EqualConv2d(in_ch, out_ch, 3, stride=2)
+        self.conv = EqualConv2d(out_ch, out_ch, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(leaky_relu(self.conv1(x)))
-        skip = F.avg_pool2d(x, 2) if self.down else x
-        return (leaky_relu(h) + self.skip(skip)) * _RES_SCALE
+        h = leaky_relu(self.down(x))
+        return (h + leaky_relu(self.conv(h))) * _RES_SCALE
 
 
-class ModulatedResBlockUp(nn.Module):
-    """Residual block of two modulated 3x3 convolutions that doubles the resolution (or keeps it).
+class ModulatedUpBlock(nn.Module):
+    """A modulated 3x3 convolution at the input resolution, 2x nearest upsampling (when ``up``), then a
+    residual modulated 3x3 convolution; both are modulated by the same style vector.
 
-    Both convolutions are modulated by the same style vector; the skip path is an unmodulated 1x1
-    convolution so that content carried in from below passes through whatever the style says.
+    Changing the channel count before upsampling keeps the wide input off the high-resolution grid.
     """
 
     def __init__(self, in_ch: int, out_ch: int, style_dim: int, *, up: bool = True) -> None:
         super().__init__()
         self.conv1 = ModulatedConv2d(in_ch, out_ch, 3, style_dim)
         self.conv2 = ModulatedConv2d(out_ch, out_ch, 3, style_dim)
-        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
         self.up = up
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if self.up:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         h = leaky_relu(self.conv1(x, style))
-        h = leaky_relu(self.conv2(h, style))
-        return (h + self.skip(x)) * _RES_SCALE
+        if self.up:
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        return (h + leaky_relu(self.conv2(h, style))) * _RES_SCALE

@@ -50,7 +50,15 @@ class TrainConfig:
     sample_rows: int = 8  # validation faces in the sample grid
 
     def __post_init__(self) -> None:
-        for key in ("image_size", "batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "sample_rows"):
+        for key in (
+            "image_size",
+            "batch_size",
+            "steps",
+            "log_every",
+            "sample_every",
+            "checkpoint_every",
+            "sample_rows",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.num_workers < 0:
@@ -93,7 +101,9 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     if not path.is_file():
         path = CONFIGS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ValueError(f"no config {str(name_or_path)!r}: not a file and not a preset; presets: {', '.join(presets())}")
+        raise ValueError(
+            f"no config {str(name_or_path)!r}: not a file and not a preset; presets: {', '.join(presets())}"
+        )
     data = yaml.safe_load(path.read_text()) or {}
     return from_dict(apply_overrides(data, overrides))
 
@@ -136,6 +146,23 @@ def from_dict(data: dict) -> RunConfig:
             )
         model_section[key] = value
     return RunConfig(model_cls.name, model_cls.make_config(model_section), train)
+
+
+def check_resumable(saved: RunConfig, new: RunConfig, where: str | Path) -> None:
+    """Raise unless ``new`` only changes what may change when resuming ``saved``: training settings, not the
+    age scheme, the image size or the model."""
+    for key in ("scheme", "image_size"):
+        if getattr(new.train, key) != getattr(saved.train, key):
+            raise ValueError(
+                f"train.{key} cannot change on resume: {where} was trained with {getattr(saved.train, key)!r}"
+            )
+    if new.model != saved.model or new.model_config != saved.model_config:
+        old = dataclasses.asdict(saved.model_config)
+        changed = sorted(k for k, v in dataclasses.asdict(new.model_config).items() if old.get(k) != v)
+        raise ValueError(
+            f"{where} was trained as {saved.model} and cannot change model on resume "
+            f"(changed: {', '.join(changed) or 'model.name'})"
+        )
 
 
 def _lists(value: Any) -> Any:

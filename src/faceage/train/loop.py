@@ -1,0 +1,295 @@
+"""The training loop. It knows the model interface of ``faceage.models.base``, not any model.
+
+Each step: take a batch, augment it, run the phases ``model.train_step`` returns (each under autocast,
+with its own optimiser), update the EMA generator; every so often log scalars, draw a sample grid and
+write a checkpoint. ``--resume`` restores networks, optimisers, RNG states and the data position, so a
+resumed run reproduces an uninterrupted one. SIGINT / SIGTERM finish the current step, write a
+checkpoint and stop. Under ``torchrun`` every process trains on its own shard with seed ``seed + rank``
+and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from faceage.data.cache import open_cache
+from faceage.data.loader import FaceDataset
+from faceage.models.base import FaceAgingModel, Phase
+from faceage.models.registry import get_model
+from faceage.train import checkpoint as ckpt
+from faceage.train import distributed as ddp
+from faceage.train.config import RunConfig, TrainConfig
+from faceage.train.data import augment, batches
+from faceage.train.samples import age_grid, grid_image, pick_faces
+from faceage.utils import atomic_open, atomic_write_text
+
+CONFIG_NAME = "config.yaml"
+
+
+def run_phases(
+    model: FaceAgingModel,
+    optimizers: dict[str, torch.optim.Optimizer],
+    phases: list[Phase],
+    *,
+    autocast: contextlib.AbstractContextManager | None = None,
+    world: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Run one step's phases in order; returns every logged term (detached) keyed ``term``."""
+    networks = model.networks()
+    terms: dict[str, torch.Tensor] = {}
+    for phase in phases:
+        for name, net in networks.items():
+            net.requires_grad_(name in phase.networks)
+        optimizer = optimizers[phase.optimizer]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast or contextlib.nullcontext():
+            out = phase.loss()
+        out["loss"].backward()
+        ddp.average_gradients([p for n in phase.networks for p in networks[n].parameters()], world)
+        optimizer.step()
+        terms.update({k: v.detach().float() for k, v in out.items() if k != "loss"})
+        terms[f"loss_{phase.name}"] = out["loss"].detach().float()
+    return terms
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, live: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * live`` for parameters; buffers are copied."""
+    for p_ema, p in zip(ema.parameters(), live.parameters(), strict=True):
+        p_ema.lerp_(p, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), live.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """EMA decay ramped up from 0, so the EMA forgets the random initial weights quickly."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    return Path(out) / "checkpoints" / ckpt.LAST
+
+
+class Trainer:
+    """One training run of any registered model on a prepared cache (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, data: str | Path, out: str | Path, *, resume: bool = False) -> None:
+        self.cfg, self.out = cfg, Path(out)
+        self.dist = ddp.setup()
+        tc = cfg.train
+        self.cache = open_cache(data)
+        if self.cache.size != tc.image_size:
+            raise ValueError(f"{data} holds {self.cache.size} px faces but train.image_size is {tc.image_size}")
+        self.scheme = cfg.scheme
+        ckpt.seed_everything(tc.seed + self.dist.rank)
+        self.model = get_model(cfg.model)(cfg.model_config).to(self.dist.device, memory_format=torch.channels_last)
+        ddp.broadcast_module(self.model)
+        self.ema = copy.deepcopy(self.model.generator).eval().requires_grad_(False)
+        self.optimizers = self.model.optimizers(tc.lr, tc.betas)
+        self.step = 0
+        if resume and checkpoint_path(self.out).is_file():
+            self._restore(ckpt.load_checkpoint(checkpoint_path(self.out), map_location=self.dist.device))
+        self.train_set = FaceDataset(self.cache, "train", self.scheme)
+        self.stop_requested = False
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+
+    def run(self) -> int:
+        """Train until ``train.steps`` (or a stop signal); returns the step reached."""
+        tc, main = self.cfg.train, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / CONFIG_NAME, self.cfg.to_yaml())
+        logger = _Logger(self.out, tc, self.dist.world, self.step) if main else None
+        stream = self._batches()
+        last_saved = self.step
+        with _stop_on_signals(self):
+            while self.step < tc.steps:
+                terms = self._train_step(next(stream))
+                self.step += 1
+                if logger:
+                    logger.update(self.step, terms)
+                if main and self.step % tc.sample_every == 0:
+                    logger.image(self.step, self.sample_grid())
+                stop = ddp.any_true(self.stop_requested, self.dist.device)
+                if self.step % tc.checkpoint_every == 0 or stop or self.step == tc.steps:
+                    self.save()
+                    last_saved = self.step
+                if stop:
+                    break
+        if last_saved != self.step:
+            self.save()
+        if logger:
+            logger.close()
+        return self.step
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        tc = self.cfg.train
+        yield from batches(
+            self.train_set,
+            batch_size=tc.batch_size,
+            seed=tc.seed,
+            start_step=self.step,
+            rank=self.dist.rank,
+            world=self.dist.world,
+            num_workers=tc.num_workers,
+        )
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.cfg.train.augment:
+            batch = augment(batch)
+        batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
+        for key in ("image", "mask"):
+            if key in batch:
+                batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        phases = self.model.train_step(batch, self.step)
+        terms = run_phases(self.model, self.optimizers, phases, autocast=self.autocast, world=self.dist.world)
+        update_ema(self.ema, self.model.generator, ema_decay(self.step, self.cfg.train.ema_decay))
+        return terms
+
+    def sample_grid(self) -> torch.Tensor:
+        """The EMA generator on fixed validation faces at every age group, as an HxWx3 uint8 tensor."""
+        split = next((s for s in ("val", "test", "train") if len(self.cache.indices(s))), "train")
+        faces = pick_faces(FaceDataset(self.cache, split, self.scheme), self.cfg.train.sample_rows)
+        images = faces["image"].to(self.dist.device).contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            grid = age_grid(self.ema, images, self.scheme)
+        rows = [f"{age:.0f}" for age in faces["age"].tolist()]
+        return torch.from_numpy(grid_image(grid, ["input", *self.scheme.labels], rows).copy())
+
+    def state(self) -> dict:
+        """The checkpoint of this run at the current step (plain data; see faceage.train.checkpoint)."""
+        networks = {name: net.state_dict() for name, net in self.model.networks().items()}
+        networks["generator_ema"] = self.ema.state_dict()
+        return {
+            "model": self.cfg.model,
+            "model_config": asdict(self.cfg.model_config),
+            "scheme": self.scheme.to_dict(),
+            "image_size": self.cfg.train.image_size,
+            "align": self.cache.align,
+            "networks": networks,
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "step": self.step,
+            "rng": ddp.gather(ckpt.rng_state(), self.dist.world),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self) -> None:
+        state = self.state()  # every process takes part (RNG states are gathered)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(checkpoint_path(self.out), state)
+
+    def _restore(self, state: dict) -> None:
+        networks = self.model.networks()
+        for name, net in networks.items():
+            net.load_state_dict(state["networks"][name])
+        self.ema.load_state_dict(state["networks"]["generator_ema"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.step = int(state["step"])
+        rng = state["rng"]
+        if len(rng) == self.dist.world:
+            ckpt.set_rng_state(rng[self.dist.rank])
+        else:  # a different number of processes: fresh but still reproducible streams
+            ckpt.seed_everything(self.cfg.train.seed + self.dist.rank + 1_000_003 * self.step)
+
+
+class _Logger:
+    """Rank 0's outputs: progress bar (img/s, ETA), TensorBoard scalars and images, metrics.jsonl, PNG grids."""
+
+    def __init__(self, out: Path, tc: TrainConfig, world: int, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out, self.tc = out, tc
+        self.images_per_step = tc.batch_size * world
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
+        self.bar = tqdm(
+            total=tc.steps * self.images_per_step,
+            initial=step * self.images_per_step,
+            unit="img",
+            unit_scale=True,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            desc="train",
+        )
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.since = 0, time.perf_counter()
+
+    def update(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        self.bar.update(self.images_per_step)
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        if step % self.tc.log_every == 0:
+            self._flush(step)
+
+    def _flush(self, step: int) -> None:
+        means = {k: float(v) / self.count for k, v in self.sums.items()}
+        rate = self.count * self.images_per_step / (time.perf_counter() - self.since)
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; the last checkpoint is unaffected")
+        for k, v in means.items():
+            self.writer.add_scalar(f"loss/{k}", v, step)
+        self.writer.add_scalar("speed/img_per_s", rate, step)
+        with open(self.out / "metrics.jsonl", "a") as f:  # an append-only log: one JSON object per line
+            f.write(
+                json.dumps({"step": step, "img_per_s": round(rate, 2), **{k: round(v, 5) for k, v in means.items()}})
+            )
+            f.write("\n")
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if not k.startswith("loss_")}, refresh=False)
+        self.sums, self.count, self.since = {}, 0, time.perf_counter()
+
+    def image(self, step: int, picture: torch.Tensor) -> None:
+        from PIL import Image
+
+        path = self.out / "samples" / f"step_{step:07d}.png"
+        with atomic_open(path, "wb") as f:
+            Image.fromarray(picture.numpy()).save(f, format="PNG")
+        self.writer.add_image("samples", picture, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()
+        self.bar.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """While training, SIGINT / SIGTERM ask the loop to checkpoint and stop; a second SIGINT stops at once."""
+
+    def request_stop(signum: int, frame: object) -> None:
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: RunConfig, data: str | Path, out: str | Path, *, resume: bool = False) -> int:
+    """Run training, continuing from ``out``'s last checkpoint when ``resume``; returns the step reached."""
+    trainer = Trainer(cfg, data, out, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        ddp.teardown()

@@ -1,0 +1,139 @@
+"""RAGAN at 32 px with 8 channels: shapes, personalised age modulation, one real training step, save/load."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from faceage.data.loader import FaceDataset
+from faceage.models import get_model, known_models
+from faceage.models.pretrained import load_generator, save_pretrained
+from faceage.models.ragan import RAGAN, RAGANConfig
+from faceage.train.config import load_config
+from faceage.train.loop import run_phases
+
+TINY = dict(load_config("tiny").model_config.__dict__)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _tiny(seed: int = 0, **changes) -> RAGAN:
+    torch.manual_seed(seed)
+    return RAGAN(RAGANConfig(**{**TINY, **changes}))
+
+
+def _faces(cache, n: int = 8) -> dict[str, torch.Tensor]:
+    dataset = FaceDataset(cache, "train", load_config("tiny").scheme)
+    return dataset.batch(list(range(n)))
+
+
+def test_registry_lists_ragan_and_unknown_names_list_the_known_ones():
+    assert "ragan" in known_models()
+    assert get_model("ragan") is RAGAN
+    with pytest.raises(KeyError, match="unknown model 'ragn'; known: .*ragan"):
+        get_model("ragn")
+
+
+def test_tiny_ragan_shapes_and_output_range():
+    model = _tiny()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    target = torch.tensor([0, 2, 3])
+    f_id, shared = model.generator.encode(x)
+    assert f_id.shape == (3, 32, 8, 8)  # 8 channels doubled twice, 32 px / 4
+    assert {k: tuple(v.shape) for k, v in shared.items()} == {2: (3, 16, 16, 16)}
+    assert model.generator.modulator(f_id, target).shape == (3, TINY["style_dim"])
+    y = model.generator(x, target)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    assert model.discriminator(x, target).shape == (3,)
+    with pytest.raises(AssertionError, match=r"expects \[B, 3, 32, 32\]"):
+        model.generator(torch.zeros(1, 3, 64, 64), torch.tensor([0]))
+
+
+def test_age_modulation_is_personal():
+    """The change a target age makes to f_aw depends on the identity (multiplicative, not additive)."""
+    am = _tiny().generator.modulator
+    f_id = torch.randn(2, 32, 8, 8)
+    young, old = (am(f_id, torch.tensor([g, g])) for g in (0, 3))
+    shift = old - young  # the age shift for each of the two identities
+    assert not torch.allclose(shift[0], shift[1], atol=1e-3)
+    assert not torch.allclose(young[0], young[1], atol=1e-3)
+
+
+def test_one_step_on_real_faces_gives_finite_losses_and_changes_every_network(utk_cache32):
+    model = _tiny()
+    optimizers = model.optimizers(0.002, (0.0, 0.99))
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in model.networks().items()}
+    phases = model.train_step(_faces(utk_cache32), step=0)  # step 0 includes the lazy R1 phase
+    assert [p.name for p in phases] == ["G", "D", "D_r1"]
+    terms = run_phases(model, optimizers, phases)
+    assert {"g_adv", "rec", "cyc", "id", "d_adv", "r1", "loss_G", "loss_D", "loss_D_r1"} <= set(terms)
+    assert all(torch.isfinite(v) for v in terms.values()), terms
+    assert 0.3 < terms["d_adv"] < 3.0  # ~2 log 2 for an untrained D
+    for name, net in model.networks().items():
+        changed = [not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)]
+        assert all(changed), f"{name}: {changed.count(False)} parameter tensors did not change"
+
+
+def test_generator_phase_leaves_the_discriminator_alone():
+    model = _tiny()
+    optimizers = model.optimizers(0.002, (0.0, 0.99))
+    d_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "group": torch.tensor([0, 1, 2, 3])}
+    run_phases(model, optimizers, model.train_step(batch, step=1)[:1])
+    assert all(torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters(), strict=True))
+
+
+def test_background_term_appears_with_masks_and_vanishes_when_all_is_face():
+    model = _tiny()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    batch = {"image": x, "group": torch.tensor([0, 1, 2, 3])}
+    assert "bg" not in model.train_step(batch, 1)[0].loss()
+    background = model.train_step({**batch, "mask": torch.zeros(4, 1, 32, 32)}, 1)[0].loss()["bg"]
+    all_face = model.train_step({**batch, "mask": torch.ones(4, 1, 32, 32)}, 1)[0].loss()["bg"]
+    assert background > 0.05 and all_face == 0
+
+
+def test_reconstruction_term_only_counts_same_group_targets():
+    model = _tiny(same_group_fraction=0.0)
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "group": torch.tensor([0, 1, 2, 3])}
+    assert model.train_step(batch, 1)[0].loss()["rec"] == 0
+    model = _tiny(same_group_fraction=1.0)
+    assert torch.equal(model.sample_targets(batch["group"]), batch["group"])
+    assert model.train_step(batch, 1)[0].loss()["rec"] > 0
+
+
+def test_generator_exports_as_one_graph_that_follows_the_target():
+    """torch.export (what the ONNX exporter runs) captures G without graph breaks, and the graph
+    captured with one target is right for every target: no Python branching on tensor values."""
+    generator = _tiny().generator.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    exported = torch.export.export(generator, (x, torch.tensor([0, 0]))).module()
+    for target in ([1, 3], [2, 0]):
+        t = torch.tensor(target)
+        torch.testing.assert_close(exported(x, t), generator(x, t))
+
+
+def test_save_pretrained_then_load_generator_gives_identical_outputs(tmp_path):
+    model = _tiny(seed=3)
+    meta = {
+        "model": "ragan",
+        "model_config": dataclasses.asdict(model.config),
+        "scheme": load_config("tiny").scheme.to_dict(),
+        "image_size": 32,
+        "align": None,
+    }
+    folder = save_pretrained(tmp_path / "tiny", model.generator, meta)
+    loaded, loaded_meta = load_generator(folder)
+    x, t = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([1, 2])
+    assert torch.equal(loaded(x, t), model.generator.eval()(x, t))
+    assert loaded_meta["model_config"]["skip_factors"] == list(model.config.skip_factors)
+
+
+def test_config_rejects_unknown_keys_and_impossible_shapes():
+    with pytest.raises(ValueError, match="unknown config key model.chanels; valid keys in 'model': .*channels"):
+        RAGAN.build_generator({**TINY, "chanels": 8})
+    with pytest.raises(ValueError, match="skip_factors"):
+        RAGANConfig(**{**TINY, "skip_factors": (8,)})
+    with pytest.raises(ValueError, match="power of two"):
+        RAGANConfig(**{**TINY, "image_size": 48})
