@@ -231,6 +231,7 @@ def test_eval_cli_with_a_tiny_ragan_writes_the_full_report(
 
     out = tmp_path / "report"
     argv = ["eval", "--model", str(tiny_ragan_dir), "--data", str(tiny_cache.path), "--n", "6", "--far", "0.01"]
+    argv += ["--threads", str(torch.get_num_threads())]  # keep this process's thread count as it is
     assert main([*argv, "--estimator", str(tiny_estimator[0]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "eval wall time:" in printed
@@ -265,7 +266,15 @@ def test_eval_cli_explains_a_missing_estimator_and_too_few_faces(
 ):
     from faceage.cli import main
 
-    argv = ["eval", "--model", str(tiny_ragan_dir), "--data", str(tiny_cache.path)]
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_ragan_dir),
+        "--data",
+        str(tiny_cache.path),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     assert main([*argv, "--estimator", str(tmp_path)]) == 2
     assert "train-age-estimator" in capsys.readouterr().err
     assert main([*argv, "--estimator", str(tiny_estimator[0]), "--out", str(tmp_path / "r")]) == 2  # FAR 0.1 %
@@ -277,6 +286,7 @@ def test_train_age_estimator_cli(tiny_cache, tmp_path, capsys):
 
     out = tmp_path / "est"
     argv = ["train-age-estimator", "--data", str(tiny_cache.path), "--out", str(out), "--epochs", "1"]
+    argv += ["--threads", str(torch.get_num_threads())]
     assert main([*argv, "--batch", "8", "--widths", "8,16", "--blocks", "1,1", "--max-steps", "2"]) == 0
     assert "test MAE" in capsys.readouterr().out
     net, info = load_estimator(out)
@@ -302,3 +312,14 @@ def test_eval_with_user_supplied_inception_weights_reports_fid_and_kid(tiny_cach
         assert t["fid"] is None or (t["fid"] >= 0 and np.isfinite(t["kid"]))
     assert any(t["fid"] is not None for t in m["targets"])
     assert "| FID | KID |" in (out / "report.md").read_text()
+
+
+def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
+    from faceage.eval import cpu
+
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpu.torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(cpu.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert cpu.auto_threads()[0] == 1
+    monkeypatch.setattr(cpu.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert cpu.auto_threads() == (2, "auto: load average 0.2 on 2 CPUs")

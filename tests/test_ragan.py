@@ -6,11 +6,13 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from faceage.data.loader import FaceDataset
 from faceage.models import get_model, known_models
 from faceage.models.pretrained import load_generator, save_pretrained
 from faceage.models.ragan import RAGAN, RAGANConfig
+from faceage.nn.layers import ModulatedConv2d
 from faceage.train.config import load_config
 from faceage.train.loop import run_phases
 
@@ -48,6 +50,23 @@ def test_tiny_ragan_shapes_and_output_range():
     assert model.discriminator(x, target).shape == (3,)
     with pytest.raises(AssertionError, match=r"expects \[B, 3, 32, 32\]"):
         model.generator(torch.zeros(1, 3, 64, 64), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_modulated_conv_equals_stylegan2_per_sample_weights(channels_last):
+    """Input scaling + output demodulation is StyleGAN2's per-sample modulated, demodulated kernel."""
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(6, 5, 3, style_dim=4)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x, style = torch.randn(3, 6, 8, 8), torch.randn(3, 4)
+    s = conv.affine(style)
+    w = conv.weight[None] * conv.scale * s[:, None, :, None, None]  # [B, out, in, k, k]
+    w = w * torch.rsqrt(w.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+    expected = torch.stack([F.conv2d(x[i : i + 1], w[i], conv.bias, padding=1)[0] for i in range(3)])
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv(x, style), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_age_modulation_is_personal():

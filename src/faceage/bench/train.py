@@ -1,11 +1,11 @@
 """``faceage bench train``: generator + discriminator training speed (img/s) and peak memory, fp32 and bf16.
 
-Both precisions run in the same process, one after the other, on the same synthetic batch and the same
-initial weights, through the training loop's own ``run_phases`` — so their ratio holds even on a busy
-machine. Every phase a real step runs is timed (generator, discriminator, and the lazy R1 phase once
-every ``r1_every`` steps). Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on a CPU the peak
-resident set (``VmHWM``, reset before each precision through ``/proc/self/clear_refs``) and its rise
-over the resident set before the run.
+Both precisions run in the same invocation, one right after the other, on the same synthetic batch and
+the same initial weights, through the training loop's own ``run_phases`` — so their ratio holds even on
+a busy machine. Every phase a real step runs is timed (generator, discriminator, and the lazy R1 phase
+once every ``r1_every`` steps). Each precision runs in a fresh process so that its peak memory is its
+own: on CUDA ``torch.cuda.max_memory_allocated``; on a CPU the peak resident set (``VmHWM``) and its rise
+over the resident set before the model was built.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import multiprocessing
+
     import torch
 
     from faceage.train.config import load_config
@@ -43,34 +45,43 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     if cfg.model != args.model:
         raise CLIError(f"config {config!r} is for model {cfg.model!r}, not {args.model!r}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     where = (
         torch.cuda.get_device_name(device)
-        if device.type == "cuda"
+        if device.startswith("cuda")
         else f"cpu, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start"
     )
     print(
         f"{args.model} ({config}) at {args.size} px, batch {args.batch}, {args.steps} steps after {args.warmup} warm-up"
     )
-    print(f"device: {where}  (speeds are noisy when others share the machine)")
+    print(f"device: {where}  (speeds are noisy when others share the machine)", flush=True)
     rates = {}
-    for precision in ["fp32", "bf16"] if args.precision == "both" else [args.precision]:
-        rate, peak, rise = _measure(cfg, device, precision == "bf16", args)
-        rates[precision] = rate
-        extra = f" (+{rise / GB:.2f} GB over idle)" if rise is not None else ""
-        print(f"{precision}  {rate:7.1f} img/s  peak {peak / GB:.2f} GB{extra}", flush=True)
+    context = multiprocessing.get_context("spawn")  # a fresh process per precision: clean peak-memory figures
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for precision in ["fp32", "bf16"] if args.precision == "both" else [args.precision]:
+            rate, peak, rise = pool.apply(_measure, (cfg, device, precision == "bf16", args.steps, args.warmup))
+            rates[precision] = rate
+            extra = f" (+{rise / GB:.2f} GB over the process before training)" if rise is not None else ""
+            print(f"{precision}  {rate:7.1f} img/s  peak {peak / GB:.2f} GB{extra}", flush=True)
     if len(rates) == 2:
         print(f"bf16 / fp32: {rates['bf16'] / rates['fp32']:.2f}x")
     return 0
 
 
-def _measure(cfg, device, bf16: bool, args: argparse.Namespace) -> tuple[float, int, int | None]:
-    """(img/s, peak bytes, rise over the starting RSS or None on CUDA) for one precision."""
+def _measure(cfg, device: str, bf16: bool, steps: int, warmup: int) -> tuple[float, int, int | None]:
+    """(img/s, peak bytes, rise of the peak over the resident set before training or None on CUDA)."""
     import torch
 
     from faceage.models.registry import get_model
+    from faceage.train.cpu import keep_freed_memory
     from faceage.train.loop import run_phases
 
+    device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as training does
+        before = _status_bytes("VmRSS")
+    else:
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = get_model(cfg.model)(cfg.model_config).to(device, memory_format=torch.channels_last)
     optimizers = model.optimizers(cfg.train.lr, cfg.train.betas)
@@ -81,37 +92,24 @@ def _measure(cfg, device, bf16: bool, args: argparse.Namespace) -> tuple[float, 
     }
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def steps(n: int) -> None:
+    def run_steps(n: int) -> None:
         for step in range(n):
             run_phases(model, optimizers, model.train_step(batch, step), autocast=autocast)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    steps(args.warmup)
-    before = _reset_peak(device)
+    run_steps(warmup)
     start = time.perf_counter()
-    steps(args.steps)
+    run_steps(steps)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_bytes("VmHWM")
-    rise = None if device.type == "cuda" else peak - before
-    return args.steps * b / seconds, peak, rise
-
-
-def _reset_peak(device) -> int:
-    """Reset the peak-memory counter; returns the resident set now (CPU) or 0 (CUDA)."""
-    import torch
-
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return 0
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
-    except OSError:
-        pass
-    return _status_bytes("VmRSS")
+        return steps * b / seconds, torch.cuda.max_memory_allocated(device), None
+    peak = _status_bytes("VmHWM")
+    return steps * b / seconds, peak, peak - before
 
 
 def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024

@@ -43,7 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--inception-weights", metavar="PATH", default=None, help="pytorch-fid's pt_inception .pth for FID/KID"
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: the cores the load average leaves idle)",
+    )
     p.set_defaults(func=run)
 
 
@@ -51,16 +56,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from faceage.data.cache import CacheError
+    from faceage.eval.cpu import set_threads
     from faceage.eval.evaluate import evaluate
     from faceage.eval.runner import EvalConfig
     from faceage.infer.resolve import resolve_model
 
     t0 = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        print(set_threads(args.threads), file=sys.stderr)
     if args.n is not None and args.n < 2:
         raise CLIError(f"--n must be at least 2, got {args.n}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = resolve_model(args.model)
         if model.suffix == ".onnx":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from faceage.cli import CLIError
 
@@ -28,12 +29,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, metavar="CACHE", help="a cache written by `faceage prepare`")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the estimator to")
-    p.add_argument("--epochs", type=int, default=30, help="passes over the train split (default 30)")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the train split (default 12)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default 3e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, order and augmentation")
     p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: the cores the load average leaves idle)",
+    )
     p.add_argument(
         "--widths", type=_ints, default=(32, 64, 128, 256), help="channels per stage (default 32,64,128,256)"
     )
@@ -47,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
 
     from faceage.data.cache import CacheError, open_cache
     from faceage.eval.age_estimator import AgeEstimatorConfig
+    from faceage.eval.cpu import set_threads
     from faceage.eval.train_estimator import EstimatorTrainConfig, train_age_estimator
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        print(set_threads(args.threads), file=sys.stderr)
     try:
         cache = open_cache(args.data)
         model = AgeEstimatorConfig(widths=args.widths, blocks=args.blocks)
@@ -62,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_steps=args.max_steps,
         )
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         info = train_age_estimator(cache, args.out, cfg, model, device=device)
     except (CacheError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None

@@ -134,8 +134,7 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         f"cache `{data['cache']}`, split `{data['split']}`: {data['n_sources']} source faces aged to "
         f"{len(m['targets'])} target groups ({over['n_outputs']} outputs), {data['n_reference']} real reference "
         f"faces. Wall time {m['timing']['total_s']:.0f} s.",
-        "",
-        *[f"> **Warning:** {w}\n" for w in m.get("warnings", [])],
+        *[f"\n> **Warning:** {w}" for w in m.get("warnings", [])],
     ]
     plots = [
         "## Plots",
@@ -263,6 +262,8 @@ def _estimator_line(m: dict) -> str:
         line += f"; it was trained on {n} of the {data['n_reference']} real faces used here"
         if n:
             line += " — **its ages of real faces are optimistic**"
+        elif not m["identity"]["identity_labels"]:
+            line += " (without identity labels other photos of the same people may have been among them)"
     return line + "."
 
 

@@ -32,7 +32,7 @@ from faceage.eval.age_estimator import (
 class EstimatorTrainConfig:
     """Optimisation settings of ``faceage train-age-estimator``; saved next to the weights."""
 
-    epochs: int = 30
+    epochs: int = 12
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -104,6 +104,33 @@ def _split(cache, name: str) -> np.ndarray:
     return idx
 
 
+def _schedule(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to zero at step ``total``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+
+
+def _train_epoch(net, opt, sched, cache, order: np.ndarray, cfg, gen, seen: np.ndarray, bar: tqdm) -> None:
+    """One pass over the cache rows ``order`` in batches of ``cfg.batch_size`` (a partial last batch is dropped)."""
+    device = next(net.parameters()).device
+    net.train()
+    for k in range(len(order) // cfg.batch_size):
+        rows = np.sort(order[k * cfg.batch_size : (k + 1) * cfg.batch_size])
+        seen[rows] = True
+        x = augment(to_input(cache.images[rows], device), gen)
+        ages = torch.as_tensor(cache.ages[rows], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = net(x)
+        terms = dldl_loss(logits, ages, sigma=cfg.sigma, l1_weight=cfg.l1_weight)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{terms['loss'].item():.3f}", mae=f"{terms['l1'].item():.2f}")
+
+
 def train_age_estimator(
     cache,
     out: str | Path,
@@ -121,55 +148,38 @@ def train_age_estimator(
     steps_per_epoch = len(train_idx) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {cfg.batch_size} exceeds the {len(train_idx)} training faces")
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, min(cfg.warmup_steps, total // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
+    sched = _schedule(opt, max(1, min(cfg.warmup_steps, total // 10)), total)
     seen = np.zeros(len(cache), dtype=bool)  # every row a training batch actually contained
     best = (math.inf, None, -1)
-    step, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     bar = tqdm(total=total, desc="train age estimator", unit="step", dynamic_ncols=True)
-    for epoch in range(cfg.epochs):
+    for epoch in range(math.ceil(total / steps_per_epoch)):
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        net.train()
-        for k in range(steps_per_epoch):
-            if step >= total:
-                break
-            rows = np.sort(order[k * cfg.batch_size : (k + 1) * cfg.batch_size])
-            seen[rows] = True
-            x = augment(to_input(cache.images[rows], device), gen)
-            ages = torch.as_tensor(cache.ages[rows], device=device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = net(x)
-            terms = dldl_loss(logits, ages, sigma=cfg.sigma, l1_weight=cfg.l1_weight)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{terms['loss'].item():.3f}", mae=f"{terms['l1'].item():.2f}")
+        steps = min(steps_per_epoch, total - epoch * steps_per_epoch)
+        _train_epoch(net, opt, sched, cache, order[: steps * cfg.batch_size], cfg, gen, seen, bar)
         val_mae = _mae(net, cache, val_idx, cfg.bf16)
         bar.write(f"epoch {epoch + 1}: val MAE {val_mae:.2f} years")
         if val_mae < best[0]:
             best = (val_mae, copy.deepcopy(net.state_dict()), epoch + 1)
-        if step >= total:
-            break
     bar.close()
     net.load_state_dict(best[1])
-    test_mae = _mae(net, cache, test_idx, cfg.bf16)
     ids = sample_ids(cache, np.flatnonzero(seen))
     info = EstimatorInfo(
         model=net.config,
         image_size=int(cache.size),
         train_ids_sha256=ids_digest(ids),
         num_train_ids=len(ids),
-        metrics={"val_mae": best[0], "test_mae": test_mae, "best_epoch": best[2], "num_test": len(test_idx)},
+        metrics={
+            "val_mae": best[0],
+            "test_mae": _mae(net, cache, test_idx, cfg.bf16),
+            "best_epoch": best[2],
+            "num_test": len(test_idx),
+        },
         training={
             **asdict(cfg),
-            "steps": step,
+            "steps": total,
             "seconds": round(time.perf_counter() - t0, 1),
             "device": str(device),
             "cache_split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},

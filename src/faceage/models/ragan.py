@@ -40,7 +40,7 @@ from faceage.nn.layers import (
     EqualConv2d,
     EqualConvTranspose2d,
     EqualLinear,
-    ModulatedUpBlock,
+    ModulatedResBlock,
     leaky_relu,
 )
 
@@ -158,10 +158,10 @@ class Decoder(nn.Module):
         c = cfg.enc_channels
         bottom = cfg.downsamples
         self.bottleneck = nn.ModuleList(
-            ModulatedUpBlock(c(bottom), c(bottom), cfg.style_dim, up=False) for _ in range(cfg.bottleneck_blocks)
+            ModulatedResBlock(c(bottom), c(bottom), cfg.style_dim, up=False) for _ in range(cfg.bottleneck_blocks)
         )
         self.levels = list(reversed(range(1, bottom)))
-        self.ups = nn.ModuleList(ModulatedUpBlock(c(level + 1), c(level), cfg.style_dim) for level in self.levels)
+        self.ups = nn.ModuleList(ModulatedResBlock(c(level + 1), c(level), cfg.style_dim) for level in self.levels)
         self.shared = nn.ModuleDict(
             {str(f): EqualConv2d(c(int(math.log2(f))), c(int(math.log2(f))), 1) for f in cfg.skip_factors}
         )
@@ -241,6 +241,8 @@ class RAGAN(FaceAgingModel):
         return RAGANGenerator(cls.make_config(model_config))
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> list[Phase]:
+        """Generator phase, then discriminator phase (scoring the generator phase's fakes, detached), and
+        every ``r1_every`` steps a lazy R1 phase. The cycle and identity terms share one encoding of the fake."""
         cfg = self.config
         x, source = batch["image"], batch["group"]
         target = self.sample_targets(source)

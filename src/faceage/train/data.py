@@ -83,9 +83,9 @@ def batches(
         epoch, skip = epoch + 1, 0
 
 
-def augment(batch: dict[str, torch.Tensor], spec: Augment | None = None) -> dict[str, torch.Tensor]:
+def augment(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch with each image (and mask) flipped and zoom-cropped at random, from the global torch RNG."""
-    images, masks = augment_batch(batch["image"], batch.get("mask"), spec or Augment())
+    images, masks = augment_batch(batch["image"], batch.get("mask"), Augment())
     out = {**batch, "image": images}
     if masks is not None:
         out["mask"] = masks

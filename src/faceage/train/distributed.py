@@ -27,13 +27,11 @@ class Dist:
         return self.rank == 0
 
 
-def setup(device: str | None = None) -> Dist:
+def setup() -> Dist:
     """Join the ``torchrun`` process group if there is one (NCCL on CUDA, gloo on CPU) and pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

@@ -32,6 +32,7 @@ from faceage.models.registry import get_model
 from faceage.train import checkpoint as ckpt
 from faceage.train import distributed as ddp
 from faceage.train.config import RunConfig, TrainConfig
+from faceage.train.cpu import keep_freed_memory
 from faceage.train.data import augment, batches
 from faceage.train.samples import age_grid, grid_image, pick_faces
 from faceage.utils import atomic_open, atomic_write_text
@@ -47,7 +48,7 @@ def run_phases(
     autocast: contextlib.AbstractContextManager | None = None,
     world: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Run one step's phases in order; returns every logged term (detached) keyed ``term``."""
+    """Run one step's phases in order; returns their logged terms (detached) and each total as ``loss_<phase>``."""
     networks = model.networks()
     terms: dict[str, torch.Tensor] = {}
     for phase in phases:
@@ -89,10 +90,15 @@ class Trainer:
     def __init__(self, cfg: RunConfig, data: str | Path, out: str | Path, *, resume: bool = False) -> None:
         self.cfg, self.out = cfg, Path(out)
         self.dist = ddp.setup()
+        if self.dist.device.type == "cpu":
+            keep_freed_memory()
         tc = cfg.train
         self.cache = open_cache(data)
         if self.cache.size != tc.image_size:
-            raise ValueError(f"{data} holds {self.cache.size} px faces but train.image_size is {tc.image_size}")
+            raise ValueError(
+                f"{data} holds {self.cache.size} px faces but train.image_size is {tc.image_size}: "
+                f"set --set train.image_size={self.cache.size} or prepare a {tc.image_size} px cache"
+            )
         self.scheme = cfg.scheme
         ckpt.seed_everything(tc.seed + self.dist.rank)
         self.model = get_model(cfg.model)(cfg.model_config).to(self.dist.device, memory_format=torch.channels_last)
@@ -117,23 +123,20 @@ class Trainer:
             atomic_write_text(self.out / CONFIG_NAME, self.cfg.to_yaml())
         logger = _Logger(self.out, tc, self.dist.world, self.step) if main else None
         stream = self._batches()
-        last_saved = self.step
         with _stop_on_signals(self):
             while self.step < tc.steps:
                 terms = self._train_step(next(stream))
                 self.step += 1
                 if logger:
                     logger.update(self.step, terms)
-                if main and self.step % tc.sample_every == 0:
-                    logger.image(self.step, self.sample_grid())
                 stop = ddp.any_true(self.stop_requested, self.dist.device)
-                if self.step % tc.checkpoint_every == 0 or stop or self.step == tc.steps:
+                end = stop or self.step == tc.steps
+                if logger and (self.step % tc.sample_every == 0 or end):
+                    logger.image(self.step, self.sample_grid())
+                if self.step % tc.checkpoint_every == 0 or end:
                     self.save()
-                    last_saved = self.step
                 if stop:
                     break
-        if last_saved != self.step:
-            self.save()
         if logger:
             logger.close()
         return self.step
@@ -229,9 +232,18 @@ class _Logger:
             desc="train",
         )
         self.sums: dict[str, torch.Tensor] = {}
-        self.count, self.since = 0, time.perf_counter()
+        self.count, self.since, self.step_seen = 0, time.perf_counter(), step
+        self._drop_metrics_after(step)
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: forget what the interrupted run logged for them."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            atomic_write_text(path, "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
 
     def update(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        self.step_seen = step
         self.bar.update(self.images_per_step)
         for k, v in terms.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
@@ -265,6 +277,8 @@ class _Logger:
         self.writer.add_image("samples", picture, step, dataformats="HWC")
 
     def close(self) -> None:
+        if self.count:
+            self._flush(self.step_seen)
         self.writer.close()
         self.bar.close()
 
