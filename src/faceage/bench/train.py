@@ -87,7 +87,7 @@ def _measure(cfg, device: str, bf16: bool, steps: int, warmup: int) -> tuple[flo
     optimizers = model.optimizers(cfg.train.lr, cfg.train.betas)
     s, b = cfg.train.image_size, cfg.train.batch_size
     batch = {
-        "image": (torch.rand(b, 3, s, s, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last),
+        "image": torch.rand(b, 3, s, s, device=device) * 2 - 1,
         "group": torch.randint(0, cfg.model_config.num_groups, (b,), device=device),
     }
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -54,12 +54,12 @@ class RAGANConfig:
     channels: int = 16  # per unit of downsampling factor: image_size / 2**k has channels * 2**k, up to max_channels
     max_channels: int = 256
     downsamples: int = 3  # f_id has resolution image_size / 2**downsamples
-    bottleneck_blocks: int = 2  # modulated residual blocks at f_id's resolution
+    bottleneck_blocks: int = 1  # modulated residual blocks at f_id's resolution
     skip_factors: tuple[int, ...] = (2, 4)  # encoder->decoder sharing at image_size / factor
     style_dim: int = 256  # size of the age-aware feature f_aw
     modulator_layers: int = 3  # multiplicative layers in AM: f_aw has interactions up to this order + 2
     d_channels: int = 16  # same rule for the discriminator
-    d_max_channels: int = 256
+    d_max_channels: int = 128
     w_adv: float = 1.0
     w_rec: float = 10.0
     w_cyc: float = 10.0
@@ -175,7 +175,9 @@ class Decoder(nn.Module):
             h = block(h, f_aw)
             if str(2**level) in self.shared:
                 h = h + self.shared[str(2**level)](shared[2**level])
-        return torch.tanh(self.to_rgb(h))
+        # tanh in fp32 and standard layout: bf16 tanh has no fast CPU kernel, and 3-channel images are
+        # handled fastest (and their gradients summed fastest) in NCHW.
+        return torch.tanh(self.to_rgb(h).to(torch.float32, memory_format=torch.contiguous_format))
 
 
 class RAGANGenerator(nn.Module):

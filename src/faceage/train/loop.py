@@ -157,9 +157,6 @@ class Trainer:
         if self.cfg.train.augment:
             batch = augment(batch)
         batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
-        for key in ("image", "mask"):
-            if key in batch:
-                batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
         self.model.train()
         phases = self.model.train_step(batch, self.step)
         terms = run_phases(self.model, self.optimizers, phases, autocast=self.autocast, world=self.dist.world)
@@ -170,7 +167,7 @@ class Trainer:
         """The EMA generator on fixed validation faces at every age group, as an HxWx3 uint8 tensor."""
         split = next((s for s in ("val", "test", "train") if len(self.cache.indices(s))), "train")
         faces = pick_faces(FaceDataset(self.cache, split, self.scheme), self.cfg.train.sample_rows)
-        images = faces["image"].to(self.dist.device).contiguous(memory_format=torch.channels_last)
+        images = faces["image"].to(self.dist.device)
         with self.autocast:
             grid = age_grid(self.ema, images, self.scheme)
         rows = [f"{age:.0f}" for age in faces["age"].tolist()]
