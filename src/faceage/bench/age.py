@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from faceage.bench import time_ms
 from faceage.cli import CLIError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,18 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the median is reported")
     p.add_argument("--photo", type=Path, help=f"photo for the whole-photo figure (default: astronaut on {PHOTO_SIZE})")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-
-
-def _time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
-    """``(median, best)`` wall time of ``fn`` in ms; on a shared CPU the best run is the least disturbed one."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times), min(times)
 
 
 def _generator(args: argparse.Namespace):
@@ -135,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             for batch in args.batches:
                 x = rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
                 t = rng.integers(0, groups, batch).astype(np.int64)
-                median, best = _time_ms(lambda b=backend, x=x, t=t: b(x, t), args.repeats)
+                median, best = time_ms(lambda b=backend, x=x, t=t: b(x, t), args.repeats, warmup=2)
                 report["ms_per_face"][f"{name} batch {batch}"] = round(median / batch, 2)
                 report["ms_per_face_best"][f"{name} batch {batch}"] = round(best / batch, 2)
                 print(f"  {name:12s} batch {batch:3d}: {median / batch:8.2f} ms/face", file=sys.stderr)
@@ -154,8 +140,8 @@ def _whole_photo(ager, args: argparse.Namespace, backend: str) -> dict:
     faces = len(detect(photo))
     if faces == 0:
         raise CLIError(f"no face found in the benchmark photo {args.photo or 'astronaut'}; pass --photo PATH")
-    detect_ms = _time_ms(lambda: detect(photo), args.repeats)
-    total_ms = _time_ms(lambda: ager.age(photo, ager.labels[-1]), args.repeats)
+    detect_ms = time_ms(lambda: detect(photo), args.repeats, warmup=2)
+    total_ms = time_ms(lambda: ager.age(photo, ager.labels[-1]), args.repeats, warmup=2)
     return {
         "photo": f"{photo.shape[1]}x{photo.shape[0]}, {faces} face(s)",
         "photo_backend": backend,

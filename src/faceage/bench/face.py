@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 
+from faceage.bench import time_ms
 from faceage.cli import CLIError
 
 PHOTO_SIZE = (1024, 768)  # width, height
@@ -28,17 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=256, help="aligned crop size for the alignment figure (default 256)")
     p.add_argument("--preset", default="utkface", help="alignment preset (default utkface)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-
-
-def _median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _photo() -> np.ndarray:
@@ -63,7 +50,7 @@ def _recogniser_figures(chips: np.ndarray, repeats: int) -> dict:
 
     n = len(chips)
     dlib_chip_embeddings(chips[:1])  # dlib is slow: warm it up on one face, not a whole batch
-    figures = {"dlib": n / _median_s(lambda: dlib_chip_embeddings(chips), repeats, warmup=0)}
+    figures = {"dlib": 1000 * n / time_ms(lambda: dlib_chip_embeddings(chips), repeats, warmup=0)[0]}
     x = chips_to_tensor(chips)
     for layout in ("contiguous", "channels_last"):
         net = DlibResNet.from_dlib()
@@ -75,7 +62,7 @@ def _recogniser_figures(chips: np.ndarray, repeats: int) -> dict:
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                     net(x)
 
-            figures[f"torch {precision} {layout}"] = n / _median_s(step, repeats)
+            figures[f"torch {precision} {layout}"] = 1000 * n / time_ms(step, repeats)[0]
     return figures
 
 
@@ -91,7 +78,7 @@ def _photo_ms(photo: np.ndarray, size: int, preset: str, repeats: int) -> tuple[
             face_mask(aligned.landmarks, size)
         found[:] = faces
 
-    return 1000 * _median_s(step, repeats), len(found)
+    return time_ms(step, repeats)[0], len(found)
 
 
 def run(args: argparse.Namespace) -> int:
