@@ -47,7 +47,8 @@ def test_tiny_ragan_shapes_and_output_range():
     assert model.generator.modulator(f_id, target).shape == (3, TINY["style_dim"])
     y = model.generator(x, target)
     assert y.shape == x.shape and y.abs().max() <= 1
-    assert model.discriminator(x, target).shape == (3,)
+    real_fake, age_logits = model.discriminator(x, target)
+    assert real_fake.shape == (3,) and age_logits.shape == (3, TINY["num_groups"] + 1)  # + "generated"
     with pytest.raises(AssertionError, match=r"expects \[B, 3, 32, 32\]"):
         model.generator(torch.zeros(1, 3, 64, 64), torch.tensor([0]))
 
@@ -86,7 +87,7 @@ def test_one_step_on_real_faces_gives_finite_losses_and_changes_every_network(ut
     phases = model.train_step(_faces(utk_cache32), step=0)  # step 0 includes the lazy R1 phase
     assert [p.name for p in phases] == ["G", "D", "D_r1"]
     terms = run_phases(model, optimizers, phases)
-    assert {"g_adv", "rec", "cyc", "id", "d_adv", "r1", "loss_G", "loss_D", "loss_D_r1"} <= set(terms)
+    assert {"g_adv", "rec", "cyc", "id", "g_cls", "d_adv", "d_cls", "r1", "loss_G", "loss_D", "loss_D_r1"} <= set(terms)
     assert all(torch.isfinite(v) for v in terms.values()), terms
     assert 0.3 < terms["d_adv"] < 3.0  # ~2 log 2 for an untrained D
     for name, net in model.networks().items():
@@ -111,6 +112,26 @@ def test_background_term_appears_with_masks_and_vanishes_when_all_is_face():
     background = model.train_step({**batch, "mask": torch.zeros(4, 1, 32, 32)}, 1)[0].loss()["bg"]
     all_face = model.train_step({**batch, "mask": torch.ones(4, 1, 32, 32)}, 1)[0].loss()["bg"]
     assert background > 0.05 and all_face == 0
+
+
+def test_age_classifier_terms_follow_w_cls_and_put_fakes_in_the_extra_class():
+    """G is scored on the target group; D on the source group of the reals and the extra "generated" class of
+    the fakes; w_cls = 0 drops both terms."""
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "group": torch.tensor([0, 1, 2, 3])}
+    off = _tiny(w_cls=0.0).train_step(batch, 1)
+    assert "g_cls" not in off[0].loss() and "d_cls" not in off[1].loss()
+    model = _tiny(w_cls=1.0, same_group_fraction=1.0)  # targets = sources, so the fakes can be recomputed
+    g_phase, d_phase = model.train_step(batch, 1)[:2]
+    g_cls, d_cls = g_phase.loss()["g_cls"], d_phase.loss()["d_cls"]
+    x, group = batch["image"], batch["group"]
+    with torch.no_grad():
+        fake = model.generator(x, group)
+        _, real_age = model.discriminator(x, group)
+        _, fake_age = model.discriminator(fake, group)
+    assert real_age.shape == (4, 5)  # 4 groups + "generated"
+    torch.testing.assert_close(g_cls, F.cross_entropy(fake_age, group))
+    generated = torch.full_like(group, 4)
+    torch.testing.assert_close(d_cls, F.cross_entropy(real_age, group) + F.cross_entropy(fake_age, generated))
 
 
 def test_reconstruction_term_only_counts_same_group_targets():

@@ -12,6 +12,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_WEIGHTS_DIR = PACKAGE_DIR / "weights"
 CONFIGS_DIR = PACKAGE_DIR / "configs"
+EXAMPLE_PHOTO = PACKAGE_DIR / "examples" / "astronaut.jpg"  # public domain (NASA); see examples/README.md
 
 
 def home() -> Path:

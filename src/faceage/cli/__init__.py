@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "train": "faceage.cli.train",
     "face": "faceage.cli.face",
     "age": "faceage.cli.age",
+    "demo": "faceage.cli.demo",
     "export": "faceage.cli.export",
     "eval": "faceage.cli.eval",
     "train-age-estimator": "faceage.cli.train_age_estimator",

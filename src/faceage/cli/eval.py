@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Age every face of a cache split (or a seeded sample of --n) to every target group and measure: "
             "the outputs' estimated ages and group accuracy next to real faces of each group; identity "
-            "(face-descriptor distance, verification at 0.6 and at FAR 0.1%%); realism (Fréchet distances "
+            "(face-descriptor distance, verification at 0.6 and at FAR 0.1%); realism (Fréchet distances "
             "in face-descriptor and age-estimator feature space; FID/KID only with --inception-weights); "
             "reconstruction (target = source group). Writes report.md, metrics.json and PNG plots to --out."
         ),

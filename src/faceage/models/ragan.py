@@ -22,6 +22,15 @@ Two simplifications against the paper, both forced by the generator contract ``G
 masks ``f_id`` with a face-parsing mask inside the encoder, which would need a mask at inference time —
 here the mask only enters the background loss; and the age condition is a learned embedding per group
 (the paper feeds a noisy one-hot vector, equivalent up to the first linear layer).
+
+One addition, off by default (``w_cls = 0``): an auxiliary classifier on ``D``'s trunk with one class per
+age group plus one for generated faces (the K+1-class discriminator of semi-supervised GANs). ``D`` learns
+to put real faces in their group and the generator's outputs in the extra class; ``G`` is asked to make its
+output classified as the target group. On a CPU budget this gives the generator a dense age signal long
+before the per-group real/fake heads have learned age. The extra class matters: a classifier trained on
+real faces only was fooled by colour cues the generator painted (blue lips on children, yellow eyes on the
+old), because nothing taught it that such cues come from the generator. The ``ragan_utk128`` preset turns
+it on.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from faceage import losses
@@ -38,7 +48,6 @@ from faceage.models.registry import register_model
 from faceage.nn.layers import (
     DownBlock,
     EqualConv2d,
-    EqualConvTranspose2d,
     EqualLinear,
     ModulatedResBlock,
     leaky_relu,
@@ -65,6 +74,7 @@ class RAGANConfig:
     w_cyc: float = 10.0
     w_id: float = 1.0
     w_bg: float = 10.0
+    w_cls: float = 0.0  # auxiliary (K+1)-class age classifier on D's trunk (not in the paper; see module docstring)
     r1_gamma: float = 1.0
     r1_every: int = 16  # lazy R1 (StyleGAN2): applied every k steps, scaled by k
     same_group_fraction: float = 0.25  # share of a batch whose target is its own group (reconstruction)
@@ -149,8 +159,9 @@ class Decoder(nn.Module):
     """``Dec``: residual blocks modulated by ``f_aw``, upsampling ``f_id`` back to an image.
 
     Shared encoder features are added (through a 1x1 convolution) after the block that reaches their
-    resolution. A 4x4 stride-2 transposed convolution (the mirror of the encoder's stem) turns the
-    half-resolution features into RGB; ``tanh`` maps the result into [-1, 1].
+    resolution. The half-resolution features are upsampled 2x (nearest) and a 3x3 convolution turns them into
+    RGB — not a stride-2 transposed convolution, whose uneven overlap paints checkerboards; ``tanh`` maps
+    the result into [-1, 1].
     """
 
     def __init__(self, cfg: RAGANConfig) -> None:
@@ -165,7 +176,7 @@ class Decoder(nn.Module):
         self.shared = nn.ModuleDict(
             {str(f): EqualConv2d(c(int(math.log2(f))), c(int(math.log2(f))), 1) for f in cfg.skip_factors}
         )
-        self.to_rgb = EqualConvTranspose2d(c(1), 3)
+        self.to_rgb = EqualConv2d(c(1), 3, 3)
 
     def forward(self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], f_aw: torch.Tensor) -> torch.Tensor:
         h = f_id
@@ -177,7 +188,8 @@ class Decoder(nn.Module):
                 h = h + self.shared[str(2**level)](shared[2**level])
         # tanh in fp32 and standard layout: bf16 tanh has no fast CPU kernel, and 3-channel images are
         # handled fastest (and their gradients summed fastest) in NCHW.
-        return torch.tanh(self.to_rgb(h).to(torch.float32, memory_format=torch.contiguous_format))
+        rgb = self.to_rgb(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return torch.tanh(rgb.to(torch.float32, memory_format=torch.contiguous_format))
 
 
 class RAGANGenerator(nn.Module):
@@ -205,7 +217,11 @@ class RAGANGenerator(nn.Module):
 
 
 class MultiTaskDiscriminator(nn.Module):
-    """``D``: a shared residual trunk with one real/fake logit per age group; returns each image's group logit."""
+    """``D``: a shared residual trunk with one real/fake logit per age group, and age-group class logits.
+
+    ``D(x, group) -> (real/fake logit of each image's own group [B], class logits [B, num_groups + 1])``;
+    the last class is "generated".
+    """
 
     def __init__(self, cfg: RAGANConfig) -> None:
         super().__init__()
@@ -219,12 +235,14 @@ class MultiTaskDiscriminator(nn.Module):
         self.conv = EqualConv2d(c(levels), c(levels), 3)
         self.fc = EqualLinear(c(levels) * 16, c(levels))
         self.out = EqualLinear(c(levels), cfg.num_groups)
+        self.age = EqualLinear(c(levels), cfg.num_groups + 1)
 
-    def forward(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.blocks(leaky_relu(self.stem(x)))
         h = leaky_relu(self.conv(h)).flatten(1)
-        logits = self.out(leaky_relu(self.fc(h)))  # [B, num_groups]: one real/fake task per group
-        return logits.gather(1, group[:, None]).squeeze(1)
+        h = leaky_relu(self.fc(h))
+        logits = self.out(h)  # [B, num_groups]: one real/fake task per group
+        return logits.gather(1, group[:, None]).squeeze(1), self.age(h)
 
 
 @register_model("ragan")
@@ -257,28 +275,37 @@ class RAGAN(FaceAgingModel):
             f_fake, shared_fake = G.encode(fake)
             cycled = G.decode(f_fake, shared_fake, source)
             out["fake"] = fake.detach()
+            fake_logit, fake_age = self.discriminator(fake, target)
             terms = {
-                "g_adv": losses.generator_adversarial(self.discriminator(fake, target)),
+                "g_adv": losses.generator_adversarial(fake_logit),
                 "rec": losses.selected_l1(fake, x, target == source),
                 "cyc": losses.l1(cycled, x),
                 "id": losses.feature_consistency(f_fake, f_id),
             }
             total = cfg.w_adv * terms["g_adv"] + cfg.w_rec * terms["rec"] + cfg.w_cyc * terms["cyc"]
             total = total + cfg.w_id * terms["id"]
+            if cfg.w_cls > 0:
+                terms["g_cls"] = F.cross_entropy(fake_age.float(), target)
+                total = total + cfg.w_cls * terms["g_cls"]
             if "mask" in batch:
                 terms["bg"] = losses.masked_l1(fake, x, 1.0 - batch["mask"])
                 total = total + cfg.w_bg * terms["bg"]
             return {"loss": total, **terms}
 
         def discriminator_loss() -> dict[str, torch.Tensor]:
-            d_loss = losses.discriminator_adversarial(
-                self.discriminator(x, source), self.discriminator(out["fake"], target)
-            )
-            return {"loss": d_loss, "d_adv": d_loss}
+            real_logit, real_age = self.discriminator(x, source)
+            fake_logit, fake_age = self.discriminator(out["fake"], target)
+            terms = {"d_adv": losses.discriminator_adversarial(real_logit, fake_logit)}
+            total = terms["d_adv"]
+            if cfg.w_cls > 0:
+                generated = torch.full_like(target, cfg.num_groups)  # the extra class
+                terms["d_cls"] = F.cross_entropy(real_age.float(), source) + F.cross_entropy(fake_age.float(), generated)
+                total = total + cfg.w_cls * terms["d_cls"]
+            return {"loss": total, **terms}
 
         def r1_loss() -> dict[str, torch.Tensor]:
             real = x.detach().requires_grad_(True)
-            penalty = losses.r1_penalty(self.discriminator(real, source), real)
+            penalty = losses.r1_penalty(self.discriminator(real, source)[0], real)
             return {"loss": penalty * (cfg.r1_gamma / 2 * cfg.r1_every), "r1": penalty}
 
         phases = [

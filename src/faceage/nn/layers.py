@@ -56,19 +56,6 @@ class EqualConv2d(nn.Module):
         return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
 
 
-class EqualConvTranspose2d(nn.Module):
-    """A 4x4 stride-2 transposed convolution (doubles the resolution) with equalised learning rate."""
-
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(in_ch, out_ch, 4, 4))
-        self.bias = nn.Parameter(torch.zeros(out_ch))
-        self.scale = 1 / math.sqrt(in_ch * 4)  # each output pixel sees 2x2 taps of every input channel
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(x, self.weight * self.scale, self.bias, stride=2, padding=1)
-
-
 class ModulatedConv2d(nn.Module):
     """StyleGAN2's modulated convolution: a style vector scales the input channels of one shared kernel.
 

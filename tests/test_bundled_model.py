@@ -1,0 +1,92 @@
+"""The bundled default model: what ships, `faceage demo` on the bundled photo, and ageing real test faces."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceage import paths
+from faceage.cli import main
+from faceage.infer.resolve import resolve_model
+
+ROOT = paths.PACKAGE_DIR.parents[1]
+
+
+def test_bundled_model_and_judge_ship_small_with_a_model_card():
+    model = resolve_model(None)
+    assert model == paths.BUNDLED_WEIGHTS_DIR / "default"
+    shipped = [p for p in paths.BUNDLED_WEIGHTS_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in shipped) <= 25 * 2**20
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["model"] == "ragan" and meta["image_size"] == 128 and meta["scheme"]["name"] == "ffhq10"
+    assert meta["align"]["preset"] == "utkface"  # trained on crops aligned the way `faceage age` aligns photos
+    card = (ROOT / "MODEL_CARD.md").read_text()
+    assert "non-commercial" in card and "faceage eval" in card
+
+
+def test_demo_ages_the_bundled_photo_and_leaves_the_background_alone(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == [f"astronaut_to{a}.png" for a in (20, 40, 5, 70)] + ["astronaut_progression.png"]
+    photo = np.asarray(Image.open(paths.EXAMPLE_PHOTO).convert("RGB")).astype(np.int16)
+    young, old = (np.asarray(Image.open(tmp_path / f"astronaut_to{a}.png")).astype(np.int16) for a in (5, 70))
+    for aged in (young, old):
+        assert aged.shape == photo.shape
+        changed = np.abs(aged - photo).max(axis=2) > 0
+        assert changed.mean() < 0.25  # only the face region is replaced
+        rows, cols = np.nonzero(changed)
+        assert rows.min() > 60 and cols.min() > 100 and cols.max() < 330  # the face, not the flag or the suit
+    face = np.abs(old - young).max(axis=2) > 0
+    assert np.abs(old - young)[face].mean() > 8  # 5 and 70 give visibly different faces
+
+
+@pytest.fixture(scope="module")
+def held_out_faces(utkface_dir):
+    """64 UTKFace chips (all ages) outside the training split of the bundled model and judge: (ages, images)."""
+    from faceage.eval.age_estimator import training_ids
+
+    trained = training_ids(paths.BUNDLED_WEIGHTS_DIR / "age-estimator")
+    names = sorted(n for n in os.listdir(utkface_dir) if n.count("_") == 3 and n.endswith(".jpg.chip.jpg"))
+    picked = [n for n in names if n not in trained][::60][:64]
+    ages = np.array([int(n.split("_")[0]) for n in picked])
+    return ages, [np.asarray(Image.open(utkface_dir / n).convert("RGB")) for n in picked]
+
+
+def _estimated_ages(images) -> np.ndarray:
+    from faceage.eval.age_estimator import load_estimator
+    from faceage.eval.runner import _judge_input
+
+    estimator, _ = load_estimator(paths.BUNDLED_WEIGHTS_DIR / "age-estimator")
+    return estimator.predict(_judge_input(np.stack(images), 128, "cpu"))[0].numpy()
+
+
+def test_bundled_age_estimator_judges_held_out_faces(held_out_faces):
+    ages, images = held_out_faces
+    assert np.abs(_estimated_ages(images) - ages).mean() < 8  # its test MAE is 5.6 years
+
+
+def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_out_faces):
+    import faceage
+    from faceage.face.identity import dlib_embeddings, embedding_distance
+    from faceage.infer import NoFaceError
+
+    ager = faceage.load(device="cpu")
+    inputs, young, old = [], [], []
+    for age, chip in zip(*held_out_faces, strict=True):
+        if not 20 <= age <= 50 or len(inputs) == 24:
+            continue
+        try:
+            y, o = ager.transform(chip, ["5", "70"], largest=True).images
+        except NoFaceError:
+            continue
+        inputs.append(chip)
+        young.append(np.asarray(y))
+        old.append(np.asarray(o))
+    assert len(inputs) >= 15
+    assert _estimated_ages(old).mean() - _estimated_ages(young).mean() > 20
+    distance = embedding_distance(dlib_embeddings(inputs, aligned=False), dlib_embeddings(old, aligned=False))
+    assert (distance < 0.6).mean() >= 0.8
