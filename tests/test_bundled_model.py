@@ -30,8 +30,8 @@ def test_bundled_model_and_judge_ship_small_with_a_model_card():
 
 def test_demo_ages_the_bundled_photo_and_leaves_the_background_alone(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
-    written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == [f"astronaut_to{a}.png" for a in (20, 40, 5, 70)] + ["astronaut_progression.png"]
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {f"astronaut_to{a}.png" for a in (5, 20, 40, 70)} | {"astronaut_progression.png"}
     photo = np.asarray(Image.open(paths.EXAMPLE_PHOTO).convert("RGB")).astype(np.int16)
     young, old = (np.asarray(Image.open(tmp_path / f"astronaut_to{a}.png")).astype(np.int16) for a in (5, 70))
     for aged in (young, old):
@@ -39,9 +39,9 @@ def test_demo_ages_the_bundled_photo_and_leaves_the_background_alone(tmp_path, c
         changed = np.abs(aged - photo).max(axis=2) > 0
         assert changed.mean() < 0.25  # only the face region is replaced
         rows, cols = np.nonzero(changed)
-        assert rows.min() > 60 and cols.min() > 100 and cols.max() < 330  # the face, not the flag or the suit
+        assert rows.min() > 40 and rows.max() < 220 and cols.min() > 130 and cols.max() < 320  # the face only
     face = np.abs(old - young).max(axis=2) > 0
-    assert np.abs(old - young)[face].mean() > 8  # 5 and 70 give visibly different faces
+    assert np.abs(old - young)[face].mean() > 5  # 5 and 70 give visibly different faces (10 measured)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,7 @@ def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_o
         young.append(np.asarray(y))
         old.append(np.asarray(o))
     assert len(inputs) >= 15
-    assert _estimated_ages(old).mean() - _estimated_ages(young).mean() > 20
+    before, younger, older = (_estimated_ages(images).mean() for images in (inputs, young, old))
+    assert younger < before - 5 and older > before + 8  # measured: 25 years -> 15 (to 5) and 41 (to 70)
     distance = embedding_distance(dlib_embeddings(inputs, aligned=False), dlib_embeddings(old, aligned=False))
     assert (distance < 0.6).mean() >= 0.8

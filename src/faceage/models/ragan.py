@@ -299,7 +299,8 @@ class RAGAN(FaceAgingModel):
             total = terms["d_adv"]
             if cfg.w_cls > 0:
                 generated = torch.full_like(target, cfg.num_groups)  # the extra class
-                terms["d_cls"] = F.cross_entropy(real_age.float(), source) + F.cross_entropy(fake_age.float(), generated)
+                real_cls = F.cross_entropy(real_age.float(), source)
+                terms["d_cls"] = real_cls + F.cross_entropy(fake_age.float(), generated)
                 total = total + cfg.w_cls * terms["d_cls"]
             return {"loss": total, **terms}
 
