@@ -30,13 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceage.cli import age
+    from faceage.cli import main
     from faceage.paths import EXAMPLE_PHOTO
 
-    return age.run(
-        argparse.Namespace(
-            inputs=[str(EXAMPLE_PHOTO)], targets=args.targets or list(DEFAULT_AGES), model=args.model,
-            aligned=False, out=args.out, json=False, progression=True, largest=True, backend=None,
-            precision="fp32", device=None,
-        )
-    )  # fmt: skip
+    argv = ["age", str(EXAMPLE_PHOTO), "--progression", "--largest", "--out", str(args.out)]
+    for age in args.targets or DEFAULT_AGES:
+        argv += ["--to", age]
+    return main(argv + (["--model", args.model] if args.model else []))
