@@ -56,20 +56,22 @@ def held_out_faces(utkface_dir):
     return ages, [np.asarray(Image.open(utkface_dir / n).convert("RGB")) for n in picked]
 
 
-def _estimated_ages(images) -> np.ndarray:
+@pytest.fixture(scope="module")
+def estimated_ages():
+    """The bundled judge as a function: uint8 faces [N,H,W,3] -> estimated ages [N]."""
     from faceage.eval.age_estimator import load_estimator
     from faceage.eval.runner import _judge_input
 
     estimator, _ = load_estimator(paths.BUNDLED_WEIGHTS_DIR / "age-estimator")
-    return estimator.predict(_judge_input(np.stack(images), 128, "cpu"))[0].numpy()
+    return lambda images: estimator.predict(_judge_input(np.stack(images), 128, "cpu"))[0].numpy()
 
 
-def test_bundled_age_estimator_judges_held_out_faces(held_out_faces):
+def test_bundled_age_estimator_judges_held_out_faces(held_out_faces, estimated_ages):
     ages, images = held_out_faces
-    assert np.abs(_estimated_ages(images) - ages).mean() < 8  # its test MAE is 5.6 years
+    assert np.abs(estimated_ages(images) - ages).mean() < 8  # its test MAE is 5.6 years
 
 
-def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_out_faces):
+def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_out_faces, estimated_ages):
     import faceage
     from faceage.face.identity import dlib_embeddings, embedding_distance
     from faceage.infer import NoFaceError
@@ -87,7 +89,7 @@ def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_o
         young.append(np.asarray(y))
         old.append(np.asarray(o))
     assert len(inputs) >= 15
-    before, younger, older = (_estimated_ages(images).mean() for images in (inputs, young, old))
+    before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
     assert younger < before - 5 and older > before + 8  # measured: 25 years -> 15 (to 5) and 41 (to 70)
     distance = embedding_distance(dlib_embeddings(inputs, aligned=False), dlib_embeddings(old, aligned=False))
     assert (distance < 0.6).mean() >= 0.8
