@@ -61,9 +61,10 @@ def test_unknown_preset_lists_the_presets():
         load_config("ragan_utk1024")
 
 
-def test_resuming_may_change_training_settings_but_not_the_model():
+def test_resuming_may_change_training_settings_and_loss_weights_but_not_the_model():
     saved = load_config("tiny")
     check_resumable(saved, load_config("tiny", ["train.steps=100", "train.batch_size=8"]), "run")
+    check_resumable(saved, load_config("tiny", ["model.w_cls=3", "model.w_cyc=5"]), "run")
     with pytest.raises(ValueError, match="cannot change model on resume \\(changed: channels\\)"):
         check_resumable(saved, load_config("tiny", ["model.channels=4"]), "run")
     with pytest.raises(ValueError, match="train.scheme cannot change on resume"):

@@ -149,16 +149,19 @@ def from_dict(data: dict) -> RunConfig:
 
 
 def check_resumable(saved: RunConfig, new: RunConfig, where: str | Path) -> None:
-    """Raise unless ``new`` only changes what may change when resuming ``saved``: training settings, not the
-    age scheme, the image size or the model."""
+    """Raise unless ``new`` only changes what may change when resuming ``saved``: training settings and loss
+    weights (``model.w_*``, to fine-tune with another balance), not the age scheme, the image size or the
+    architecture."""
     for key in ("scheme", "image_size"):
         if getattr(new.train, key) != getattr(saved.train, key):
             raise ValueError(
                 f"train.{key} cannot change on resume: {where} was trained with {getattr(saved.train, key)!r}"
             )
-    if new.model != saved.model or new.model_config != saved.model_config:
-        old = dataclasses.asdict(saved.model_config)
-        changed = sorted(k for k, v in dataclasses.asdict(new.model_config).items() if old.get(k) != v)
+    old = dataclasses.asdict(saved.model_config)
+    changed = sorted(
+        k for k, v in dataclasses.asdict(new.model_config).items() if old.get(k) != v and not k.startswith("w_")
+    )
+    if new.model != saved.model or changed:
         raise ValueError(
             f"{where} was trained as {saved.model} and cannot change model on resume "
             f"(changed: {', '.join(changed) or 'model.name'})"
