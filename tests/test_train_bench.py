@@ -13,3 +13,12 @@ def test_bench_train_prints_speed_and_peak_memory(capsys):
     line = next(line for line in out.splitlines() if line.startswith("bf16 "))
     rate, peak = float(line.split()[1]), float(line.split("peak")[1].split()[0])
     assert rate > 0 and peak > 0.05, line
+
+
+def test_bench_train_profile_splits_a_step_into_convolutions_and_the_rest(capsys):
+    args = ["bench", "train", "--config", "tiny", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "1"]
+    assert main([*args, "--precision", "fp32", "--profile"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fp32  per step:"))
+    parts = dict(part.rsplit(" ", 2)[:2] for part in line.split(": ", 1)[1].split(" (")[0].split(", "))
+    assert set(parts) == {"conv forward", "conv backward", "other"}, line
+    assert all(float(ms) > 0 for ms in parts.values()), line
