@@ -41,7 +41,7 @@ def test_demo_ages_the_bundled_photo_and_leaves_the_background_alone(tmp_path, c
         rows, cols = np.nonzero(changed)
         assert rows.min() > 40 and rows.max() < 220 and cols.min() > 130 and cols.max() < 320  # the face only
     face = np.abs(old - young).max(axis=2) > 0
-    assert np.abs(old - young)[face].mean() > 5  # 5 and 70 give visibly different faces (10 measured)
+    assert np.abs(old - young)[face].mean() > 8  # 5 and 70 give visibly different faces (17 measured)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,6 @@ def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_o
         old.append(np.asarray(o))
     assert len(inputs) >= 15
     before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
-    assert younger < before - 5 and older > before + 8  # measured: 25 years -> 15 (to 5) and 41 (to 70)
+    assert younger < before - 10 and older > before + 20  # measured: 25.5 years -> 9.9 (to 5), 53.5 (to 70)
     distance = embedding_distance(dlib_embeddings(inputs, aligned=False), dlib_embeddings(old, aligned=False))
-    assert (distance < 0.6).mean() >= 0.8
+    assert (distance < 0.6).mean() >= 0.8  # measured 96%
