@@ -140,9 +140,12 @@ def _profile(run_steps, steps: int, cuda: bool) -> dict[str, float]:
     for event in prof.key_averages():
         if not event.key.startswith("aten::"):  # leaf ops' self times add up to the step, counted once
             continue
-        part = "conv backward" if "convolution_backward" in event.key else "other"
         if event.key in _CONV_FORWARD:
             part = "conv forward"
+        elif "convolution_backward" in event.key:
+            part = "conv backward"
+        else:
+            part = "other"
         totals[part] += (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e3
     return {part: ms / steps for part, ms in totals.items()}
 
