@@ -55,7 +55,9 @@ class FaceAgingModel(nn.Module):
     """
 
     name: ClassVar[str]  # set by @register_model
-    config_class: ClassVar[type]  # the method's config dataclass; its fields are the saved model_config
+    # The method's config dataclass; its fields are the saved model_config. Name loss weights ``w_*``: they
+    # alone may change when a run is resumed (train.config.check_resumable).
+    config_class: ClassVar[type]
 
     def __init__(self, config: Any) -> None:
         super().__init__()
