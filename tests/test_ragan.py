@@ -12,7 +12,7 @@ from faceage.data.loader import FaceDataset
 from faceage.models import get_model, known_models
 from faceage.models.pretrained import load_generator, save_pretrained
 from faceage.models.ragan import RAGAN, RAGANConfig
-from faceage.nn.layers import ModulatedConv2d
+from faceage.nn.layers import ModulatedConv2d, channels_last_grad
 from faceage.train.config import load_config
 from faceage.train.loop import run_phases
 
@@ -37,8 +37,9 @@ def test_registry_lists_ragan_and_unknown_names_list_the_known_ones():
         get_model("ragn")
 
 
-def test_tiny_ragan_shapes_and_output_range():
-    model = _tiny()
+@pytest.mark.parametrize("changes", [{}, {"to_rgb": "pixel_shuffle", "d_final_size": 8}])
+def test_tiny_ragan_shapes_and_output_range(changes):
+    model = _tiny(**changes)
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     target = torch.tensor([0, 2, 3])
     f_id, shared = model.generator.encode(x)
@@ -68,6 +69,21 @@ def test_modulated_conv_equals_stylegan2_per_sample_weights(channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(conv(x, style), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_grad_is_the_identity_and_hands_back_a_channels_last_gradient():
+    x = torch.randn(2, 4, 5, 5).to(memory_format=torch.channels_last).requires_grad_(True)
+    a = x * 2  # not a leaf: a leaf's .grad is re-laid-out anyway
+    seen = {}
+    a.register_hook(lambda g: seen.setdefault("grad", g))
+    y = channels_last_grad(a)
+    assert torch.equal(y, a)
+    w = torch.randn(2, 100)
+    (y.flatten(1) * w).sum().backward()  # flatten's gradient comes back in the standard layout
+    assert seen["grad"].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(seen["grad"], w.view(2, 4, 5, 5))
+    plain = torch.randn(2, 3, requires_grad=True)
+    assert channels_last_grad(plain) is plain
 
 
 def test_age_modulation_is_personal():
@@ -102,6 +118,34 @@ def test_generator_phase_leaves_the_discriminator_alone():
     batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "group": torch.tensor([0, 1, 2, 3])}
     run_phases(model, optimizers, model.train_step(batch, step=1)[:1])
     assert all(torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters(), strict=True))
+
+
+def test_pixel_shuffle_output_starts_without_checkerboards_and_learns_them_apart():
+    """ICNR: the four sub-pixels of each 2x2 block start with one kernel, so the first output is blocky, not
+    a checkerboard; one training step gives them different kernels."""
+    model = _tiny(to_rgb="pixel_shuffle")
+    x, target = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([0, 3])
+
+    def block_spread(y: torch.Tensor) -> float:
+        corners = torch.stack([y[..., i::2, j::2] for i in range(2) for j in range(2)])
+        return float((corners - corners.mean(dim=0)).abs().max())
+
+    with torch.no_grad():
+        assert block_spread(model.generator(x, target)) < 1e-6
+    optimizers = model.optimizers(0.002, (0.0, 0.99))
+    run_phases(model, optimizers, model.train_step({"image": x, "group": torch.tensor([1, 2])}, step=1))
+    with torch.no_grad():
+        assert block_spread(model.generator(x, target)) > 1e-3
+
+
+def test_discriminator_scores_a_batch_as_it_scores_each_half():
+    """The discriminator phase scores reals and fakes in one batch: D must have no batch statistics."""
+    d = _tiny().discriminator
+    x, group = torch.rand(6, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3, 0, 1])
+    whole = d(x, group)
+    halves = [d(x[:3], group[:3]), d(x[3:], group[3:])]
+    for i in range(2):
+        torch.testing.assert_close(whole[i], torch.cat([h[i] for h in halves]), rtol=1e-4, atol=1e-5)
 
 
 def test_background_term_appears_with_masks_and_vanishes_when_all_is_face():
@@ -177,3 +221,7 @@ def test_config_rejects_unknown_keys_and_impossible_shapes():
         RAGANConfig(**{**TINY, "skip_factors": (8,)})
     with pytest.raises(ValueError, match="power of two"):
         RAGANConfig(**{**TINY, "image_size": 48})
+    with pytest.raises(ValueError, match="to_rgb must be 'upsample' or 'pixel_shuffle', got 'deconv'"):
+        RAGANConfig(**{**TINY, "to_rgb": "deconv"})
+    with pytest.raises(ValueError, match="d_final_size must be 4 or 8"):
+        RAGANConfig(**{**TINY, "d_final_size": 2})

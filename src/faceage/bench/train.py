@@ -1,11 +1,13 @@
 """``faceage bench train``: generator + discriminator training speed (img/s) and peak memory, fp32 and bf16.
 
-Both precisions run in the same invocation, one right after the other, on the same synthetic batch and
-the same initial weights, through the training loop's own ``run_phases`` — so their ratio holds even on
-a busy machine. Every phase a real step runs is timed (generator, discriminator, and the lazy R1 phase
-once every ``r1_every`` steps). Each precision runs in a fresh process so that its peak memory is its
-own: on CUDA ``torch.cuda.max_memory_allocated``; on a CPU the peak resident set (``VmHWM``) and its rise
-over the resident set before the model was built.
+Each precision trains in a process of its own, on the same synthetic batch and the same initial weights,
+through the training loop's own ``run_phases``, so that its peak memory is its own: on CUDA
+``torch.cuda.max_memory_allocated``; on a CPU the peak resident set (``VmHWM``) and its rise over the
+resident set before the model was built. The two processes take turns, two steps at a time, so that a
+machine that slows down for a while (other jobs, a VM host taking cores back) slows both precisions
+alike; the ratio printed is the median over turns, so a burst that hits one turn does not move it.
+Every phase a real step runs is timed (generator, discriminator, and the lazy R1 phase once every
+``r1_every`` steps).
 
 ``--profile`` adds where a step's time goes, from ``torch.profiler`` over extra steps: convolution
 forward, convolution backward and everything else (elementwise ops, casts, optimiser), per precision,
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -27,6 +30,14 @@ GB = 1024**3
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="ragan", help="registered model (default ragan)")
     p.add_argument("--config", help="preset or YAML (default: the MODEL_utk128 preset)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set model.channels=32 (repeatable)",
+    )
     p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--steps", type=int, default=16, help="timed steps per precision (default 16)")
@@ -39,7 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import multiprocessing
 
     import torch
 
@@ -47,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = args.config or f"{args.model}_utk128"
     try:
-        cfg = load_config(config, [f"train.image_size={args.size}", f"train.batch_size={args.batch}"])
+        overrides = [*args.overrides, f"train.image_size={args.size}", f"train.batch_size={args.batch}"]
+        cfg = load_config(config, overrides)
     except ValueError as e:
         raise CLIError(str(e)) from None
     if cfg.model != args.model:
@@ -62,32 +73,72 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model} ({config}) at {args.size} px, batch {args.batch}, {args.steps} steps after {args.warmup} warm-up"
     )
     print(f"device: {where}  (speeds are noisy when others share the machine)", flush=True)
-    rates, parts = {}, {}
-    context = multiprocessing.get_context("spawn")  # a fresh process per precision: clean peak-memory figures
-    with context.Pool(1, maxtasksperchild=1) as pool:
-        for precision in ["fp32", "bf16"] if args.precision == "both" else [args.precision]:
-            rate, peak, rise, split = pool.apply(
-                _measure, (cfg, device, precision == "bf16", args.steps, args.warmup, args.profile)
-            )
-            rates[precision], parts[precision] = rate, split
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    workers = {p: _Worker(cfg, device, p == "bf16") for p in precisions}  # a fresh process each: clean peaks
+    try:
+        for worker in workers.values():
+            worker.call("steps", args.warmup)
+        turns: dict[str, list[float]] = {p: [] for p in precisions}  # seconds of each turn
+        for done in range(0, args.steps, _TURN):
+            for p in precisions:
+                turns[p].append(workers[p].call("steps", min(_TURN, args.steps - done)))
+        rates, parts = {}, {}
+        for p in precisions:
+            rates[p] = args.steps * args.batch / sum(turns[p])
+            peak, rise = workers[p].call("memory")
             extra = f" (+{rise / GB:.2f} GB over the process before training)" if rise is not None else ""
-            print(f"{precision}  {rate:7.1f} img/s  peak {peak / GB:.2f} GB{extra}", flush=True)
-            if split:
-                shares = ", ".join(f"{name} {ms:.0f} ms" for name, ms in split.items())
-                print(f"{precision}  per step: {shares} (profiled; the profiler adds overhead)", flush=True)
+            print(f"{p}  {rates[p]:7.1f} img/s  peak {peak / GB:.2f} GB{extra}", flush=True)
+        for p in precisions if args.profile else []:
+            parts[p] = workers[p].call("profile", args.steps)
+            shares = ", ".join(f"{name} {ms:.0f} ms" for name, ms in parts[p].items())
+            print(f"{p}  per step: {shares} (profiled; the profiler adds overhead)", flush=True)
+    finally:
+        for worker in workers.values():
+            worker.close()
     if len(rates) == 2:
-        print(f"bf16 / fp32: {rates['bf16'] / rates['fp32']:.2f}x")
+        # Turn k of each precision ran the same steps: the median of their ratios ignores a burst of load
+        # that fell on one precision's turn.
+        ratio = statistics.median(f / b for f, b in zip(turns["fp32"], turns["bf16"], strict=True))
+        print(f"bf16 / fp32: {ratio:.2f}x (median over {len(turns['bf16'])} turns of {_TURN} steps)")
         if args.profile:
             speedups = ", ".join(f"{name} {parts['fp32'][name] / parts['bf16'][name]:.2f}x" for name in parts["bf16"])
             print(f"bf16 speed-up by part: {speedups}")
     return 0
 
 
-def _measure(
-    cfg, device: str, bf16: bool, steps: int, warmup: int, profile: bool
-) -> tuple[float, int, int | None, dict[str, float] | None]:
-    """(img/s, peak bytes, rise of the peak over the resident set before training or None on CUDA,
-    ms per step by part when ``profile``)."""
+_TURN = 2  # steps a precision runs before the other takes its turn
+
+
+class _Worker:
+    """A spawned process that trains one precision when asked: ``call("steps", n)`` -> seconds,
+    ``call("memory")`` -> (peak bytes, rise or None), ``call("profile", n)`` -> ms per step by part."""
+
+    def __init__(self, cfg, device: str, bf16: bool) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, cfg, device, bf16), daemon=True)
+        self.process.start()
+        child.close()
+
+    def call(self, command: str, arg: int | None = None):
+        self.conn.send((command, arg))
+        ok, result = self.conn.recv()
+        if not ok:
+            raise RuntimeError(f"bench train worker failed:\n{result}")
+        return result
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send(("stop", None))
+        self.process.join()
+
+
+def _serve(conn, cfg, device: str, bf16: bool) -> None:
+    """The worker's loop: build the model once, then answer calls until ``stop``."""
+    import traceback
+
     import torch
 
     from faceage.models.registry import get_model
@@ -109,23 +160,40 @@ def _measure(
         "group": torch.randint(0, cfg.model_config.num_groups, (b,), device=device),
     }
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    step = 0
 
     def run_steps(n: int) -> None:
-        for step in range(n):
+        nonlocal step
+        for _ in range(n):  # numbered on, so the lazy R1 phase comes once every r1_every steps
             run_phases(model, optimizers, model.train_step(batch, step), autocast=autocast)
+            step += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    run_steps(warmup)
-    start = time.perf_counter()
-    run_steps(steps)
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak, rise = torch.cuda.max_memory_allocated(device), None
-    else:
+    def timed(n: int) -> float:
+        start = time.perf_counter()
+        run_steps(n)
+        return time.perf_counter() - start
+
+    def memory() -> tuple[int, int | None]:
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated(device), None
         peak = _status_bytes("VmHWM")
-        rise = peak - before
-    return steps * b / seconds, peak, rise, _profile(run_steps, steps, device.type == "cuda") if profile else None
+        return peak, peak - before
+
+    answers = {
+        "steps": timed,
+        "memory": lambda _: memory(),
+        "profile": lambda n: _profile(run_steps, n, device.type == "cuda"),
+    }
+    while True:
+        command, arg = conn.recv()
+        if command == "stop":
+            return
+        try:
+            conn.send((True, answers[command](arg)))
+        except Exception:
+            conn.send((False, traceback.format_exc()))
 
 
 def _profile(run_steps, steps: int, cuda: bool) -> dict[str, float]:

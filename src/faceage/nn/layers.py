@@ -23,6 +23,28 @@ def leaky_relu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
 
+class _ChannelsLastGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """The identity, whose backward hands the gradient on in channels-last layout when ``x`` has it.
+
+    Reductions (a mean, a flatten) hand back gradients in the standard layout. Where such a gradient meets a
+    channels-last activation, every backward kernel below it takes a strided slow path: 10x slower for
+    ``leaky_relu`` on this CPU. Wrap a feature map read both by convolutions and by a reduction.
+    """
+    if x.dim() != 4 or not x.requires_grad or not x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return _ChannelsLastGrad.apply(x)
+
+
 class EqualLinear(nn.Module):
     """A linear layer with StyleGAN's equalised learning rate: weights ~ N(0, 1) scaled at run time.
 
