@@ -166,9 +166,11 @@ class Decoder(nn.Module):
     """``Dec``: residual blocks modulated by ``f_aw``, upsampling ``f_id`` back to an image.
 
     Shared encoder features are added (through a 1x1 convolution) after the block that reaches their
-    resolution. The half-resolution features are upsampled 2x (nearest) and a 3x3 convolution turns them into
-    RGB — not a stride-2 transposed convolution, whose uneven overlap paints checkerboards; ``tanh`` maps
-    the result into [-1, 1].
+    resolution. The half-resolution features become RGB in one of two ways (``to_rgb``): a sub-pixel
+    convolution (``pixel_shuffle``: a 3x3 convolution to 12 channels whose channels are each site's 2x2 RGB
+    pixels, so nothing wider than RGB exists at full resolution), or 2x nearest upsampling and a 3x3
+    convolution (``upsample``). Not a stride-2 transposed convolution, whose uneven overlap paints
+    checkerboards; ``tanh`` maps the result into [-1, 1].
     """
 
     def __init__(self, cfg: RAGANConfig) -> None:
@@ -238,7 +240,8 @@ class MultiTaskDiscriminator(nn.Module):
     """``D``: a shared residual trunk with one real/fake logit per age group, and age-group class logits.
 
     ``D(x, group) -> (real/fake logit of each image's own group [B], class logits [B, num_groups + 1])``;
-    the last class is "generated".
+    the last class is "generated". The trunk downsamples to ``d_final_size``; an 8x8 map is average-pooled
+    to the 4x4 the fully connected layer reads (convolutions on 4x4 maps gain nothing from bf16 on CPUs).
     """
 
     def __init__(self, cfg: RAGANConfig) -> None:
