@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from faceage.cli import CLIError
+from faceage.cli import CLIError, add_overrides_argument
 
 GB = 1024**3
 
@@ -30,14 +30,7 @@ GB = 1024**3
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="ragan", help="registered model (default ragan)")
     p.add_argument("--config", help="preset or YAML (default: the MODEL_utk128 preset)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set model.channels=32 (repeatable)",
-    )
+    add_overrides_argument(p, "model.channels=32")
     p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--steps", type=int, default=16, help="timed steps per precision (default 16)")

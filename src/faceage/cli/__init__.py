@@ -30,6 +30,18 @@ class CLIError(Exception):
     """An error the user can fix; printed without a traceback, exit status 2."""
 
 
+def add_overrides_argument(p: argparse.ArgumentParser, example: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable) into ``args.overrides``, for commands that load a config."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceage", description="Face age transformation: train, evaluate and age real photos."

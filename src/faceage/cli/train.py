@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from faceage.cli import CLIError
+from faceage.cli import CLIError, add_overrides_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,14 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="CACHE", help="cache folder written by faceage prepare")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or resume)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt if it exists")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set train.batch_size=32 (repeatable)",
-    )
+    add_overrides_argument(p, "train.batch_size=32")
     p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--steps", type=int, help="total steps of the run (same as --set train.steps=N)")
     p.set_defaults(func=run)
