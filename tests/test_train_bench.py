@@ -25,13 +25,13 @@ def test_bench_train_profile_splits_a_step_into_convolutions_and_the_rest(capsys
 
 
 def test_bench_train_interleaves_the_precisions_and_prints_their_ratio(capsys):
-    args = ["bench", "train", "--config", "tiny", "--size", "32", "--batch", "2", "--steps", "4", "--warmup", "1"]
+    args = ["bench", "train", "--config", "tiny", "--size", "32", "--batch", "2", "--steps", "8", "--warmup", "1"]
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     rates = {line.split()[0]: float(line.split()[1]) for line in lines if "img/s" in line}
     assert set(rates) == {"fp32", "bf16"} and all(rate > 0 for rate in rates.values()), lines
     ratio = next(line for line in lines if line.startswith("bf16 / fp32:"))
-    assert ratio.endswith("(median over 2 turns of 2 steps)") and float(ratio.split()[3].rstrip("x")) > 0, ratio
+    assert ratio.endswith("(median over 2 turns of 4 steps)") and float(ratio.split()[3].rstrip("x")) > 0, ratio
 
 
 def test_bench_train_takes_config_overrides_and_names_a_bad_one(capsys):

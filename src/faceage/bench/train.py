@@ -3,7 +3,7 @@
 Each precision trains in a process of its own, on the same synthetic batch and the same initial weights,
 through the training loop's own ``run_phases``, so that its peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on a CPU the peak resident set (``VmHWM``) and its rise over the
-resident set before the model was built. The two processes take turns, two steps at a time, so that a
+resident set before the model was built. The two processes take turns, four steps at a time, so that a
 machine that slows down for a while (other jobs, a VM host taking cores back) slows both precisions
 alike; the ratio printed is the median over turns, so a burst that hits one turn does not move it.
 Every phase a real step runs is timed (generator, discriminator, and the lazy R1 phase once every
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_overrides_argument(p, "model.channels=32")
     p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--steps", type=int, default=16, help="timed steps per precision (default 16)")
+    p.add_argument("--steps", type=int, default=24, help="timed steps per precision (default 24)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_TURN = 2  # steps a precision runs before the other takes its turn
+_TURN = 4  # steps a precision runs before the other takes its turn
 
 
 class _Worker:
