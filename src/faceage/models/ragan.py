@@ -185,7 +185,8 @@ class Decoder(nn.Module):
         self.shared = nn.ModuleDict(
             {str(f): EqualConv2d(c(int(math.log2(f))), c(int(math.log2(f))), 1) for f in cfg.skip_factors}
         )
-        if cfg.to_rgb == "pixel_shuffle":
+        self.pixel_shuffle = cfg.to_rgb == "pixel_shuffle"
+        if self.pixel_shuffle:
             # Sub-pixel convolution: 12 channels at half resolution become the 2x2 RGB pixels of each site.
             # The four sub-pixels start with the same kernel (ICNR), so the output starts free of checkerboards.
             self.to_rgb = EqualConv2d(c(1), 12, 3)
@@ -193,7 +194,6 @@ class Decoder(nn.Module):
                 self.to_rgb.weight.copy_(self.to_rgb.weight[::4].repeat_interleave(4, dim=0))
         else:
             self.to_rgb = EqualConv2d(c(1), 3, 3)
-        self.pixel_shuffle = cfg.to_rgb == "pixel_shuffle"
 
     def forward(self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], f_aw: torch.Tensor) -> torch.Tensor:
         h = f_id
