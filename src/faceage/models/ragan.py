@@ -206,7 +206,7 @@ class Decoder(nn.Module):
         # tanh in fp32 and standard layout: bf16 tanh has no fast CPU kernel, and 3-channel images are
         # handled fastest (and their gradients summed fastest) in NCHW.
         if self.pixel_shuffle:
-            rgb = F.pixel_shuffle(self.to_rgb(h).to(torch.float32, memory_format=torch.contiguous_format), 2)
+            rgb = F.pixel_shuffle(self.to_rgb(h), 2)
         else:
             rgb = self.to_rgb(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return torch.tanh(rgb.to(torch.float32, memory_format=torch.contiguous_format))
