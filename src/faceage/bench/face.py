@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from faceage.face import detect
     from faceage.face.identity import face_chip
-    from faceage.train.precision import bf16_status
+    from faceage.precision import resolve_precision
 
     photo = _photo()
     chip = face_chip(photo)
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     best = max((k for k in rates if k != "dlib"), key=rates.get)
     ms, faces = _photo_ms(photo, args.size, args.preset, args.repeats)
     result = {
-        "device": f"cpu, {torch.get_num_threads()} torch threads; bf16 {bf16_status('cpu')}",
+        "device": f"cpu, {torch.get_num_threads()} torch threads; auto precision {resolve_precision('auto', 'cpu')[0]}",
         "batch": args.batch,
         "embeddings_per_s": {k: round(v, 1) for k, v in rates.items()},
         "port_best": best,

@@ -42,6 +42,17 @@ def add_overrides_argument(p: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision {auto,fp32,bf16}`` (default auto: bf16 only where it is faster; see faceage.precision)."""
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="compute precision (default auto: bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32; "
+        "`faceage info` says what auto picks here)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceage", description="Face age transformation: train, evaluate and age real photos."

@@ -1,4 +1,4 @@
-"""``faceage info``: versions, device, bf16 speed and where data and models are looked up."""
+"""``faceage info``: versions, device, CPU, what ``--precision auto`` picks and why, and search paths."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="print versions, device, bf16 support and search paths")
+    p = sub.add_parser("info", help="print versions, device, what --precision auto picks, and search paths")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
 
@@ -24,7 +24,7 @@ def collect() -> dict:
     import torch
 
     from faceage import __version__, paths
-    from faceage.train.precision import bf16_status
+    from faceage.precision import cpu_flags, resolve_precision
 
     if torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"
@@ -36,11 +36,22 @@ def collect() -> dict:
     return {
         "versions": versions,
         "device": device,
-        "bf16": bf16_status(),
+        "cpu": {"model": _cpu_model(), "bf16_units": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})},
+        "precision_auto": dict(zip(("precision", "why"), resolve_precision("auto"), strict=True)),
         "data_root": str(paths.data_root()),
         "models_dirs": [str(p) for p in paths.models_dirs()],
         "configs_dir": str(paths.CONFIGS_DIR),
     }
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def _python_version() -> str:
@@ -58,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
     for k, v in info["versions"].items():
         print(f"  {k:12s} {v or 'not installed'}")
     print(f"device:      {info['device']}")
-    print(f"bf16:        {info['bf16']}")
+    units = ", ".join(info["cpu"]["bf16_units"]) or "none"
+    print(f"cpu:         {info['cpu']['model']} (bf16 units: {units})")
+    auto = info["precision_auto"]
+    print(f"precision:   auto picks {auto['precision']} ({auto['why'].removeprefix('auto: ')}); --precision overrides")
     print(f"data root:   {info['data_root']}  (set FACEAGE_DATA to change)")
     print("models in:   " + "\n             ".join(info["models_dirs"]) + "  (set FACEAGE_HOME to change)")
     print(f"configs in:  {info['configs_dir']}")

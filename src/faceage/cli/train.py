@@ -25,7 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or resume)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt if it exists")
     add_overrides_argument(p, "train.batch_size=32")
-    p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="compute precision (same as --set train.precision=P; the preset's is auto: bf16 autocast on CUDA "
+        "and AMX CPUs, fp32 elsewhere; `faceage info` says what auto picks here)",
+    )
     p.add_argument("--steps", type=int, help="total steps of the run (same as --set train.steps=N)")
     p.set_defaults(func=run)
 
@@ -35,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from faceage.train.loop import train
 
     overrides = list(args.overrides)
-    if args.fp32:
-        overrides.append("train.bf16=false")
+    if args.precision is not None:
+        overrides.append(f"train.precision={args.precision}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     try:

@@ -25,8 +25,12 @@ from faceage.groups import AgeScheme, get_scheme
 from faceage.models.base import config_from_dict
 from faceage.models.registry import get_model
 from faceage.paths import CONFIGS_DIR
+from faceage.precision import PRECISIONS
 
 SECTIONS = ("model", "train")
+# Written by a run into its config.yaml (what auto precision became, on which device); ignored when read back,
+# since a resumed run resolves again on the machine it resumes on.
+RESOLVED = "resolved"
 
 
 @dataclass
@@ -40,7 +44,7 @@ class TrainConfig:
     lr: float = 0.002
     betas: tuple[float, float] = (0.0, 0.99)
     ema_decay: float = 0.999  # decay of the generator's exponential moving average (ramped up from 0)
-    bf16: bool = True  # bf16 autocast on CPU (AMX) and CUDA; False trains in fp32
+    precision: str = "auto"  # auto (bf16 where faster: CUDA, AMX CPUs; else fp32), fp32 or bf16 (faceage.precision)
     augment: bool = True  # random horizontal flips, drawn in the loop so a resumed run draws the same ones
     num_workers: int = 2  # data-loading worker processes per training process
     seed: int = 0  # process r of a DDP run uses seed + r
@@ -63,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -86,8 +92,10 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
         }
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(_lists(self.to_dict()), sort_keys=False)
+    def to_yaml(self, resolved: dict | None = None) -> str:
+        """The config as YAML; ``resolved`` (e.g. the precision ``auto`` became) is added as its own section."""
+        data = self.to_dict() | ({RESOLVED: resolved} if resolved else {})
+        return yaml.safe_dump(_lists(data), sort_keys=False)
 
 
 def presets() -> list[str]:
@@ -126,10 +134,13 @@ def from_dict(data: dict) -> RunConfig:
     """Validate a config dict (a YAML file's content or a checkpoint's ``config``) into a RunConfig."""
     if not isinstance(data, dict):
         raise ValueError(f"a config must be a mapping with sections {', '.join(SECTIONS)}, got {data!r}")
-    unknown = [k for k in data if k not in SECTIONS]
+    unknown = [k for k in data if k not in (*SECTIONS, RESOLVED)]
     if unknown:
         raise ValueError(f"unknown config section {unknown[0]!r}; valid: {', '.join(SECTIONS)}")
-    train = config_from_dict(TrainConfig, data.get("train") or {}, "train")
+    train_section = dict(data.get("train") or {})
+    if "bf16" in train_section:  # checkpoints written before train.precision replaced train.bf16
+        train_section.setdefault("precision", "bf16" if train_section.pop("bf16") else "fp32")
+    train = config_from_dict(TrainConfig, train_section, "train")
     scheme = get_scheme(train.scheme)
     model_section = dict(data.get("model") or {})
     if "name" not in model_section:

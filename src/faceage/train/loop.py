@@ -29,6 +29,7 @@ from faceage.data.cache import open_cache
 from faceage.data.loader import FaceDataset
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import get_model
+from faceage.precision import autocast, resolve_precision
 from faceage.train import checkpoint as ckpt
 from faceage.train import distributed as ddp
 from faceage.train.config import RunConfig, TrainConfig
@@ -100,6 +101,7 @@ class Trainer:
                 f"set --set train.image_size={self.cache.size} or prepare a {tc.image_size} px cache"
             )
         self.scheme = cfg.scheme
+        self.precision, self.precision_why = resolve_precision(tc.precision, self.dist.device)
         ckpt.seed_everything(tc.seed + self.dist.rank)
         self.model = get_model(cfg.model)(cfg.model_config).to(self.dist.device, memory_format=torch.channels_last)
         ddp.broadcast_module(self.model)
@@ -113,14 +115,25 @@ class Trainer:
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+        return autocast(self.precision, self.dist.device)
+
+    @property
+    def resolved(self) -> dict:
+        """What this process resolved the config to on this machine (config.yaml's ``resolved`` section)."""
+        return {
+            "precision": self.precision,
+            "why": self.precision_why,
+            "device": str(self.dist.device),
+            "world": self.dist.world,
+        }
 
     def run(self) -> int:
         """Train until ``train.steps`` (or a stop signal); returns the step reached."""
         tc, main = self.cfg.train, self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / CONFIG_NAME, self.cfg.to_yaml())
+            atomic_write_text(self.out / CONFIG_NAME, self.cfg.to_yaml(self.resolved))
+            print(f"precision: {self.precision} ({self.precision_why}); device: {self.dist.device}", file=sys.stderr)
         logger = _Logger(self.out, tc, self.dist.world, self.step) if main else None
         stream = self._batches()
         with _stop_on_signals(self):
