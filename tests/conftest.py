@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests that need real faces use ../shared/data/utkface and skip where it is absent."""
+"""Shared fixtures. Tests that need real faces use ../shared/data/utkface and skip where it is absent; the
+rest run on a fresh clone, on generated faces (``synthetic_utk_dir``) or the bundled astronaut photo."""
 
 from __future__ import annotations
 
@@ -24,6 +25,56 @@ def astronaut():
     """scikit-image's astronaut photo: a real, redistributable face with background (512x512 RGB)."""
     skdata = pytest.importorskip("skimage.data")
     return skdata.astronaut()
+
+
+def write_synthetic_faces(root: Path, n: int, *, size: int = 64, seed: int = 0) -> Path:
+    """``n`` generated face-like JPEGs named the UTKFace way (``age_gender_race_date.jpg.chip.jpg``) in ``root``.
+
+    Each is a skin-toned ellipse with eyes and a mouth on a random background; the age (1-90, spread
+    evenly), gender and race in the name are drawn from ``seed``, and older faces are drawn greyer and
+    darker so an age signal exists. No detector finds a face in them: they serve everything that does not
+    need one (data pipeline, training loop, eval mechanics).
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        age = 1 + (i * 89) // max(1, n - 1)
+        gender, race = int(rng.integers(0, 2)), int(rng.integers(0, 5))
+        fade = age / 90
+        bg = tuple(int(v) for v in rng.integers(0, 256, 3))
+        skin = tuple(int(c * (1 - 0.3 * fade) + 128 * 0.3 * fade) for c in (224 - 30 * race, 172 - 20 * race, 140))
+        image = Image.new("RGB", (size, size), bg)
+        draw = ImageDraw.Draw(image)
+        s = size / 64
+        draw.ellipse([14 * s, 8 * s, 50 * s, 58 * s], fill=skin)
+        for x in (24, 40):
+            draw.ellipse([(x - 3) * s, 26 * s, (x + 3) * s, 30 * s], fill=(40, 30, 30))
+        draw.line([26 * s, 45 * s, 38 * s, 45 * s], fill=(150 - int(60 * fade), 60, 60), width=max(1, int(2 * s)))
+        pixels = np.asarray(image, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3))
+        stamp = 20170100000000000 + i * 7919
+        name = f"{age}_{gender}_{race}_{stamp}.jpg.chip.jpg"
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / name, quality=92)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_utk_dir(tmp_path_factory) -> Path:
+    """240 generated UTKFace-named faces (64 px): a dataset folder that exists on every clone."""
+    return write_synthetic_faces(tmp_path_factory.mktemp("synthetic_utk"), 240)
+
+
+@pytest.fixture(scope="session")
+def synth_cache32(synthetic_utk_dir, tmp_path_factory) -> Path:
+    """A 32 px cache (faceage prepare, split 0.8/0.1/0.1) of the 240 generated faces."""
+    from faceage.data.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("synth_cache") / "cache32"
+    cfg = PrepareConfig(dataset="utkface", root=synthetic_utk_dir, out=out, size=32, workers=1, progress=False)
+    prepare(cfg, log=lambda message: None)
+    return out
 
 
 # A RAGAN small enough to run in milliseconds on a CPU; random weights, 32 px, the 5-group acgan5 scheme.
