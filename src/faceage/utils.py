@@ -11,10 +11,15 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", *, keep_previous: str | os.PathLike | None = None
+) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
 
-    A crash or an interrupt midway leaves the previous file intact, never a half-written one.
+    A crash or an interrupt midway leaves the previous file intact, never a half-written one. With
+    ``keep_previous`` (a path in the same folder), the file being replaced is renamed there just before the
+    new one takes its place, so at every moment one complete file exists: ``path``, or for the instant
+    between the two renames ``keep_previous``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +30,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

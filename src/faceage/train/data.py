@@ -2,10 +2,13 @@
 uninterrupted one would have read.
 
 ``faceage.data.loader.make_loader`` shuffles with a generator that has moved on by the time a run stops;
-here the permutation of epoch ``e`` is drawn from ``seed`` and ``e`` only, and a run resumed at step
-``k`` starts epoch ``k // steps_per_epoch`` at its ``k % steps_per_epoch``-th batch without reading the
-batches before it. Augmentation (the data package's flip and zoom-crop) is drawn in the training process
-from the global torch RNG, which checkpoints save and restore; data-loading workers only read pixels.
+here the permutation of epoch ``e`` is drawn from ``seed`` and ``e`` only. Each process reads one endless
+stream of images, epoch after epoch, and a batch is the next ``batch_size`` images of it (the last batch
+of an epoch takes the first images of the next). The position in the data is therefore a number of
+images, which checkpoints record: a run resumed at image ``p`` starts epoch ``p // images_per_epoch`` at
+image ``p % images_per_epoch`` without reading the images before it, whatever its batch size now.
+Augmentation (the data package's flip and zoom-crop) is drawn in the training process from the global
+torch RNG, which checkpoints save and restore; data-loading workers only read pixels.
 """
 
 from __future__ import annotations
@@ -42,9 +45,34 @@ class EpochSampler(Sampler[int]):
         return self.per_process(self.n, self.world) - self.start
 
 
+class ImageStream(Sampler[int]):
+    """One process's endless stream of indices: epoch 0 of :class:`EpochSampler`, then epoch 1, ..., from
+    image ``start`` of the stream on."""
+
+    def __init__(self, n: int, *, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
+        self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world, start
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, skip = divmod(self.start, EpochSampler.per_process(self.n, self.world))
+        while True:
+            yield from EpochSampler(self.n, seed=self.seed, epoch=epoch, rank=self.rank, world=self.world, start=skip)
+            epoch, skip = epoch + 1, 0
+
+
 def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    """Full batches per process per epoch (the last partial batch is dropped)."""
+    """Full batches per process per epoch (how epochs were cut before batches ran on across them)."""
     return EpochSampler.per_process(n, world) // batch_size
+
+
+def position_of_step(step: int, batch_size: int, n: int, world: int) -> int:
+    """The stream position of a checkpoint written before checkpoints recorded one (they only held ``step``).
+
+    Those runs dropped each epoch's last partial batch, so that is the whole epochs done plus the batches
+    read of the current one: the resumed run reads on exactly where the old one would have, to the epoch's end.
+    """
+    # max(1, ...): a cache now too small for one batch gets batches()' own error, not a division by zero
+    epoch, batch = divmod(step, max(1, steps_per_epoch(n, batch_size, world)))
+    return epoch * EpochSampler.per_process(n, world) + batch * batch_size
 
 
 def batches(
@@ -52,35 +80,29 @@ def batches(
     *,
     batch_size: int,
     seed: int,
-    start_step: int,
+    start_image: int = 0,
     rank: int = 0,
     world: int = 1,
     num_workers: int = 0,
     device: torch.device | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless float batches for steps ``start_step``, ``start_step + 1``, ... (see the module docstring)."""
-    per_epoch = steps_per_epoch(len(dataset), batch_size, world)
-    if per_epoch == 0:
+    """Endless float batches, the first one starting at image ``start_image`` of this process's stream
+    (see the module docstring)."""
+    if EpochSampler.per_process(len(dataset), world) < batch_size:
         raise ValueError(
             f"the training split has {len(dataset)} faces: too few for one batch of {batch_size} "
             f"on each of {world} process(es); lower train.batch_size or prepare more data"
         )
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        sampler = EpochSampler(len(dataset), seed=seed, epoch=epoch, rank=rank, world=world, start=skip * batch_size)
-        loader = FaceLoader(
-            dataset,
-            device=device,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=num_workers,
-            generator=torch.Generator().manual_seed(seed),
-            worker_init_fn=_ignore_interrupts,
-            pin_memory=device is not None and device.type == "cuda",
-        )
-        yield from loader
-        epoch, skip = epoch + 1, 0
+    yield from FaceLoader(
+        dataset,
+        device=device,
+        batch_size=batch_size,
+        sampler=ImageStream(len(dataset), seed=seed, rank=rank, world=world, start=start_image),
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_interrupts,
+        pin_memory=device is not None and device.type == "cuda",
+    )
 
 
 def augment(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,10 +2,18 @@
 
 Each step: take a batch, augment it, run the phases ``model.train_step`` returns (each under autocast,
 with its own optimiser), update the EMA generator; every so often log scalars, draw a sample grid and
-write a checkpoint. ``--resume`` restores networks, optimisers, RNG states and the data position, so a
-resumed run reproduces an uninterrupted one. SIGINT / SIGTERM finish the current step, write a
-checkpoint and stop. Under ``torchrun`` every process trains on its own shard with seed ``seed + rank``
-and only rank 0 writes files.
+write a checkpoint (the one before is kept as ``prev.pt``). SIGINT / SIGTERM finish the current step,
+write a checkpoint and stop; a kill at any moment (SIGKILL, a crash, a lost machine) leaves a checkpoint
+that loads. Under ``torchrun`` every process trains on its own shard with seed ``seed + rank`` and only
+rank 0 writes files.
+
+``--resume`` continues from ``checkpoints/last.pt``, or from ``prev.pt`` with a warning when ``last.pt`` is
+missing or damaged (faceage.train.checkpoint). It restores networks, EMA, optimiser moments, RNG states
+and the position in the data, so a resumed run with the same config reproduces an uninterrupted one.
+Settings changed on resume take effect: the optimisers keep their moments but take the run config's
+lr and betas, and the data position is a number of images, so a new batch size reads on from the image
+where the run stopped (``step`` still counts optimisation steps). Metrics logged after the checkpoint are
+dropped from metrics.jsonl, and so is a last line cut short by a kill.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +43,7 @@ from faceage.train import checkpoint as ckpt
 from faceage.train import distributed as ddp
 from faceage.train.config import RunConfig, TrainConfig
 from faceage.train.cpu import keep_freed_memory
-from faceage.train.data import augment, batches
+from faceage.train.data import augment, batches, position_of_step
 from faceage.train.samples import age_grid, grid_image, pick_faces
 from faceage.utils import atomic_open, atomic_write_text
 
@@ -81,8 +90,12 @@ def ema_decay(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+def checkpoint_dir(out: str | Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
 def checkpoint_path(out: str | Path) -> Path:
-    return Path(out) / "checkpoints" / ckpt.LAST
+    return checkpoint_dir(out) / ckpt.LAST
 
 
 class Trainer:
@@ -107,10 +120,14 @@ class Trainer:
         ddp.broadcast_module(self.model)
         self.ema = copy.deepcopy(self.model.generator).eval().requires_grad_(False)
         self.optimizers = self.model.optimizers(tc.lr, tc.betas)
-        self.step = 0
-        if resume and checkpoint_path(self.out).is_file():
-            self._restore(ckpt.load_checkpoint(checkpoint_path(self.out), map_location=self.dist.device))
         self.train_set = FaceDataset(self.cache, "train", self.scheme)
+        self.step = 0  # optimisation steps done
+        self.images = 0  # images this process has read: its position in the data stream (faceage.train.data)
+        self.resumed_from: Path | None = None
+        found = ckpt.load_latest(checkpoint_dir(self.out), map_location=self.dist.device) if resume else None
+        if found is not None:
+            self.resumed_from, state = found
+            self._restore(state)
         self.stop_requested = False
 
     @property
@@ -134,12 +151,17 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / CONFIG_NAME, self.cfg.to_yaml(self.resolved))
             print(f"precision: {self.precision} ({self.precision_why}); device: {self.dist.device}", file=sys.stderr)
+            if self.resumed_from is not None and self.resumed_from.name == ckpt.PREVIOUS:
+                damaged = ckpt.set_aside(checkpoint_path(self.out))  # else the next save would keep it as prev.pt
+                if damaged:
+                    print(f"moved the unreadable last checkpoint to {damaged}", file=sys.stderr)
         logger = _Logger(self.out, tc, self.dist.world, self.step) if main else None
         stream = self._batches()
         with _stop_on_signals(self):
             while self.step < tc.steps:
                 terms = self._train_step(next(stream))
                 self.step += 1
+                self.images += tc.batch_size
                 if logger:
                     logger.update(self.step, terms)
                 stop = ddp.any_true(self.stop_requested, self.dist.device)
@@ -160,7 +182,7 @@ class Trainer:
             self.train_set,
             batch_size=tc.batch_size,
             seed=tc.seed,
-            start_step=self.step,
+            start_image=self.images,
             rank=self.dist.rank,
             world=self.dist.world,
             num_workers=tc.num_workers,
@@ -199,6 +221,7 @@ class Trainer:
             "networks": networks,
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "step": self.step,
+            "images": self.images,
             "rng": ddp.gather(ckpt.rng_state(), self.dist.world),
             "config": self.cfg.to_dict(),
         }
@@ -206,7 +229,7 @@ class Trainer:
     def save(self) -> None:
         state = self.state()  # every process takes part (RNG states are gathered)
         if self.dist.is_main:
-            ckpt.save_checkpoint(checkpoint_path(self.out), state)
+            ckpt.save_checkpoint(checkpoint_path(self.out), state, previous=checkpoint_dir(self.out) / ckpt.PREVIOUS)
 
     def _restore(self, state: dict) -> None:
         networks = self.model.networks()
@@ -214,13 +237,30 @@ class Trainer:
             net.load_state_dict(state["networks"][name])
         self.ema.load_state_dict(state["networks"]["generator_ema"])
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+            self._load_optimizer(name, opt, state["optimizers"][name])
         self.step = int(state["step"])
         rng = state["rng"]
+        images = state.get("images")
+        if images is None:  # written before checkpoints recorded the data position
+            batch_size = state["config"]["train"]["batch_size"]
+            images = position_of_step(self.step, batch_size, len(self.train_set), len(rng))
+        # per process: with another number of processes, as many images in all as the new split allows
+        self.images = int(images) * len(rng) // self.dist.world
         if len(rng) == self.dist.world:
             ckpt.set_rng_state(rng[self.dist.rank])
         else:  # a different number of processes: fresh but still reproducible streams
             ckpt.seed_everything(self.cfg.train.seed + self.dist.rank + 1_000_003 * self.step)
+
+    def _load_optimizer(self, name: str, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+        """Restore the saved moments and step counts, but keep the settings this run built the optimiser with
+        (lr, betas and whatever else the model sets from the config): ``--set train.lr=...`` on resume applies."""
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        optimizer.load_state_dict(saved)
+        for group, mine in zip(optimizer.param_groups, settings, strict=True):
+            changed = [f"{k} {group.get(k)} -> {v}" for k, v in mine.items() if group.get(k) != v]
+            if changed and self.dist.is_main:
+                print(f"resume: {name} optimizer: {', '.join(changed)} (the run config's)", file=sys.stderr)
+            group.update(mine)
 
 
 class _Logger:
@@ -246,11 +286,29 @@ class _Logger:
         self._drop_metrics_after(step)
 
     def _drop_metrics_after(self, step: int) -> None:
-        """A resumed run repeats the steps after its checkpoint: forget what the interrupted run logged for them."""
+        """A resumed run repeats the steps after its checkpoint: forget what the interrupted run logged for them.
+
+        A last line that does not parse was cut short by a kill mid-append: it is dropped with a warning. Any
+        other such line is damage that rewriting the file would hide, so it is an error naming the line."""
         path = self.out / "metrics.jsonl"
-        if path.is_file():
-            lines = path.read_text().splitlines()
-            atomic_write_text(path, "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                logged = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError) as e:
+                if number < len(lines):
+                    raise ValueError(
+                        f"{path}, line {number}: not a metrics record ({type(e).__name__}: {e}): {line[:80]!r}; "
+                        "repair or delete that line, then resume"
+                    ) from None
+                warnings.warn(f"{path}: dropping its last line, cut short by a kill: {line[:80]!r}", stacklevel=2)
+                continue
+            if logged <= step:
+                kept.append(line + "\n")
+        atomic_write_text(path, "".join(kept))
 
     def update(self, step: int, terms: dict[str, torch.Tensor]) -> None:
         self.step_seen = step
@@ -271,10 +329,8 @@ class _Logger:
             self.writer.add_scalar(f"loss/{k}", v, step)
         self.writer.add_scalar("speed/img_per_s", rate, step)
         with open(self.out / "metrics.jsonl", "a") as f:  # an append-only log: one JSON object per line
-            f.write(
-                json.dumps({"step": step, "img_per_s": round(rate, 2), **{k: round(v, 5) for k, v in means.items()}})
-            )
-            f.write("\n")
+            record = {"step": step, "img_per_s": round(rate, 2), **{k: round(v, 5) for k, v in means.items()}}
+            f.write(json.dumps(record) + "\n")  # one write: a kill leaves a whole line or a cut last one
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if not k.startswith("loss_")}, refresh=False)
         self.sums, self.count, self.since = {}, 0, time.perf_counter()
 
