@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from faceage.cli import main
+from faceage.precision import resolve_precision
 
 
 def test_bench_train_prints_speed_and_peak_memory(capsys):
@@ -32,6 +33,22 @@ def test_bench_train_interleaves_the_precisions_and_prints_their_ratio(capsys):
     assert set(rates) == {"fp32", "bf16"} and all(rate > 0 for rate in rates.values()), lines
     ratio = next(line for line in lines if line.startswith("bf16 / fp32:"))
     assert ratio.endswith("(median over 2 turns of 4 steps)") and float(ratio.split()[3].rstrip("x")) > 0, ratio
+    auto = resolve_precision("auto", "cpu")[0]
+    assert f"precision auto here: {auto} (" in lines[2], lines
+    faster = "bf16" if float(ratio.split()[3].rstrip("x")) > 1 else "fp32"
+    verdict = next(line for line in lines if line.startswith("auto picks"))
+    assert verdict == (
+        f"auto picks {auto}: the faster one"
+        if auto == faster
+        else f"auto picks {auto}: NOT the faster one ({faster} is)"
+    )
+
+
+def test_bench_train_auto_runs_the_precision_auto_resolves_to(capsys):
+    args = ["bench", "train", "--config", "tiny", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "1"]
+    assert main([*args, "--precision", "auto"]) == 0
+    rates = [line.split()[0] for line in capsys.readouterr().out.splitlines() if "img/s" in line]
+    assert rates == [resolve_precision("auto", "cpu")[0]]
 
 
 def test_bench_train_takes_config_overrides_and_names_a_bad_one(capsys):

@@ -17,8 +17,10 @@ def test_presets_are_bundled_and_load():
 
 
 def test_overrides_are_parsed_as_yaml_and_applied():
-    cfg = load_config("tiny", ["train.batch_size=2", "train.betas=[0.5, 0.9]", "model.channels=4", "train.bf16=false"])
-    assert cfg.train.batch_size == 2 and cfg.train.betas == (0.5, 0.9) and cfg.train.bf16 is False
+    cfg = load_config(
+        "tiny", ["train.batch_size=2", "train.betas=[0.5, 0.9]", "model.channels=4", "train.precision=fp32"]
+    )
+    assert cfg.train.batch_size == 2 and cfg.train.betas == (0.5, 0.9) and cfg.train.precision == "fp32"
     assert cfg.model_config.channels == 4
     assert load_config("tiny", ["train.lr=1"]).train.lr == 1.0  # an int where a float is expected is fine
 
@@ -69,3 +71,39 @@ def test_resuming_may_change_training_settings_and_loss_weights_but_not_the_mode
         check_resumable(saved, load_config("tiny", ["model.channels=4"]), "run")
     with pytest.raises(ValueError, match="train.scheme cannot change on resume"):
         check_resumable(saved, load_config("tiny", ["train.scheme=0,50"]), "run")
+
+
+def test_precision_is_validated_and_a_run_config_records_what_auto_became(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.precision must be one of auto, fp32, bf16, got 'fp16'"):
+        load_config("tiny", ["train.precision=fp16"])
+    cfg = load_config("tiny")
+    assert cfg.train.precision == "auto"
+    text = cfg.to_yaml({"precision": "fp32", "why": "auto: test"})
+    assert yaml.safe_load(text)["resolved"] == {"precision": "fp32", "why": "auto: test"}
+    assert from_dict(yaml.safe_load(text)) == cfg  # read back, the resolved section is re-derived, not kept
+
+
+def test_checkpoints_from_before_train_precision_still_load():
+    data = load_config("tiny").to_dict()
+    for old, new in ((True, "bf16"), (False, "fp32")):
+        train = {k: v for k, v in data["train"].items() if k != "precision"} | {"bf16": old}
+        assert from_dict({**data, "train": train}).train.precision == new
+
+
+def test_a_new_run_without_config_trains_the_default_preset(synth_cache32, tmp_path, capsys):
+    from faceage.cli import main
+    from faceage.cli.train import DEFAULT_PRESET
+
+    assert DEFAULT_PRESET == "ragan_utk128" and load_config(DEFAULT_PRESET).train.image_size == 128
+    # The preset trains at 128 px, so on this 32 px cache the error shows it was the one chosen.
+    assert main(["train", "--data", str(synth_cache32), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "holds 32 px faces but train.image_size is 128" in err, err
+    out = tmp_path / "small"
+    args = ["train", "--data", str(synth_cache32), "--out", str(out), "--set", "train.image_size=32", "--steps", "1"]
+    assert main([*args, "--set", "train.num_workers=0", "--set", "train.sample_every=1"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert from_dict(saved) == load_config(
+        DEFAULT_PRESET, ["train.image_size=32", "train.steps=1", "train.num_workers=0", "train.sample_every=1"]
+    )
+    assert saved["resolved"]["precision"] in ("fp32", "bf16") and saved["resolved"]["why"].startswith("auto: ")

@@ -1,4 +1,5 @@
-"""``faceage bench train``: generator + discriminator training speed (img/s) and peak memory, fp32 and bf16.
+"""``faceage bench train``: generator + discriminator training speed (img/s) and peak memory, fp32 and bf16,
+and whether ``--precision auto`` picks the faster of the two on this machine.
 
 Each precision trains in a process of its own, on the same synthetic batch and the same initial weights,
 through the training loop's own ``run_phases``, so that its peak memory is its own: on CUDA
@@ -35,7 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--steps", type=int, default=24, help="timed steps per precision (default 24)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both")
+    p.add_argument(
+        "--precision",
+        choices=["both", "auto", "fp32", "bf16"],
+        default="both",
+        help="both (default: time fp32 and bf16 and say whether auto picks the faster), or one precision",
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--profile", action="store_true", help="also split a step's time into conv forward / backward / the rest"
@@ -45,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from faceage.precision import resolve_precision
     from faceage.train.config import load_config
 
     config = args.config or f"{args.model}_utk128"
@@ -65,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model} ({config}) at {args.size} px, batch {args.batch}, {args.steps} steps after {args.warmup} warm-up"
     )
     print(f"device: {where}  (speeds are noisy when others share the machine)", flush=True)
-    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    workers = {p: _Worker(cfg, device, p == "bf16") for p in precisions}  # a fresh process each: clean peaks
+    auto, why = resolve_precision("auto", device)
+    print(f"precision auto here: {auto} ({why.removeprefix('auto: ')})", flush=True)
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [resolve_precision(args.precision, device)[0]]
+    workers = {p: _Worker(cfg, device, p) for p in precisions}  # a fresh process each: clean peaks
     try:
         for worker in workers.values():
             worker.call("steps", args.warmup)
@@ -92,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         # that fell on one precision's turn.
         ratio = statistics.median(f / b for f, b in zip(turns["fp32"], turns["bf16"], strict=True))
         print(f"bf16 / fp32: {ratio:.2f}x (median over {len(turns['bf16'])} turns of {_TURN} steps)")
+        faster = "bf16" if ratio > 1 else "fp32"
+        verdict = "the faster one" if auto == faster else f"NOT the faster one ({faster} is)"
+        print(f"auto picks {auto}: {verdict}")
         if args.profile:
             speedups = ", ".join(f"{name} {parts['fp32'][name] / parts['bf16'][name]:.2f}x" for name in parts["bf16"])
             print(f"bf16 speed-up by part: {speedups}")
@@ -105,12 +117,12 @@ class _Worker:
     """A spawned process that trains one precision when asked: ``call("steps", n)`` -> seconds,
     ``call("memory")`` -> (peak bytes, rise or None), ``call("profile", n)`` -> ms per step by part."""
 
-    def __init__(self, cfg, device: str, bf16: bool) -> None:
+    def __init__(self, cfg, device: str, precision: str) -> None:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, cfg, device, bf16), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, cfg, device, precision), daemon=True)
         self.process.start()
         child.close()
 
@@ -127,13 +139,14 @@ class _Worker:
         self.process.join()
 
 
-def _serve(conn, cfg, device: str, bf16: bool) -> None:
+def _serve(conn, cfg, device: str, precision: str) -> None:
     """The worker's loop: build the model once, then answer calls until ``stop``."""
     import traceback
 
     import torch
 
     from faceage.models.registry import get_model
+    from faceage.precision import autocast as precision_autocast
     from faceage.train.cpu import keep_freed_memory
     from faceage.train.loop import run_phases
 
@@ -151,7 +164,7 @@ def _serve(conn, cfg, device: str, bf16: bool) -> None:
         "image": torch.rand(b, 3, s, s, device=device) * 2 - 1,
         "group": torch.randint(0, cfg.model_config.num_groups, (b,), device=device),
     }
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = precision_autocast(precision, device)
     step = 0
 
     def run_steps(n: int) -> None:

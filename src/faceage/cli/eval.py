@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from faceage.cli import CLIError
+from faceage.cli import CLIError, add_precision_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
-        required=True,
+        default=None,
         metavar="M",
-        help="a model name, an exported model folder or a training checkpoint .pt",
+        help="a model name, an exported model folder or a training checkpoint .pt (default: the bundled model)",
     )
     p.add_argument("--data", required=True, metavar="CACHE", help="a cache written by `faceage prepare`")
     p.add_argument(
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-reference", type=int, default=None, help="cap on real reference faces (default: whole split)")
     p.add_argument("--far", type=float, default=1e-3, help="false-accept rate to calibrate on (default 0.001)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --n sample (default 0)")
-    p.add_argument("--fp32", action="store_true", help="run networks in fp32 instead of bf16 autocast")
+    add_precision_argument(p)
     p.add_argument(
         "--inception-weights", metavar="PATH", default=None, help="pytorch-fid's pt_inception .pth for FID/KID"
     )
@@ -60,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from faceage.eval.evaluate import evaluate
     from faceage.eval.runner import EvalConfig
     from faceage.infer.resolve import resolve_model
+    from faceage.precision import resolve_precision
 
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         print(set_threads(args.threads), file=sys.stderr)
+    precision, why = resolve_precision(args.precision, device)
+    print(f"precision: {precision} ({why})", file=sys.stderr)
     if args.n is not None and args.n < 2:
         raise CLIError(f"--n must be at least 2, got {args.n}")
     try:
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch,
             seed=args.seed,
             far=args.far,
-            bf16=not args.fp32,
+            bf16=precision == "bf16",
         )
         result = evaluate(
             model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from faceage.cli import CLIError
+from faceage.cli import CLIError, add_precision_argument
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default 3e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, order and augmentation")
-    p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
+    add_precision_argument(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -55,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from faceage.eval.age_estimator import AgeEstimatorConfig
     from faceage.eval.cpu import set_threads
     from faceage.eval.train_estimator import EstimatorTrainConfig, train_age_estimator
+    from faceage.precision import resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         print(set_threads(args.threads), file=sys.stderr)
+    precision, why = resolve_precision(args.precision, device)
+    print(f"precision: {precision} ({why})", file=sys.stderr)
     try:
         cache = open_cache(args.data)
         model = AgeEstimatorConfig(widths=args.widths, blocks=args.blocks)
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch,
             lr=args.lr,
-            bf16=not args.fp32,
+            bf16=precision == "bf16",  # resolved: config.json records what ran
             seed=args.seed,
             max_steps=args.max_steps,
         )
