@@ -18,8 +18,8 @@ from faceage.data.prepare import PrepareConfig, prepare
 from faceage.groups import get_scheme
 
 
-def test_items_are_the_cached_faces_in_minus_one_to_one(face_cache):
-    cache = open_cache(face_cache)
+def test_items_are_the_cached_faces_in_minus_one_to_one(synth_cache32):
+    cache = open_cache(synth_cache32)
     ds = FaceDataset(cache, "train", "utk14")
     assert len(ds) == len(cache.indices("train")) > 150
     scheme = get_scheme("utk14")
@@ -39,18 +39,18 @@ def test_items_are_the_cached_faces_in_minus_one_to_one(face_cache):
     assert everything.min() >= -1 and everything.max() <= 1 and everything.min() < -0.9 and everything.max() > 0.9
 
 
-def test_plain_dataloader_with_default_collate(face_cache):
-    ds = FaceDataset(face_cache, "val", "acgan5")
+def test_plain_dataloader_with_default_collate(synth_cache32):
+    ds = FaceDataset(synth_cache32, "val", "acgan5")
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["group"].shape == (4,)
     torch.testing.assert_close(batch["image"], ds.batch([0, 1, 2, 3])["image"])
 
 
-def test_make_loader_with_workers(face_cache):
+def test_make_loader_with_workers(synth_cache32):
     loader = make_loader(
-        face_cache, "train", "utk14", 16, augment=True, shuffle=True, num_workers=2, drop_last=True, seed=0
+        synth_cache32, "train", "utk14", 16, augment=True, shuffle=True, num_workers=2, drop_last=True, seed=0
     )
-    train_rows = set(open_cache(face_cache).indices("train").tolist())
+    train_rows = set(open_cache(synth_cache32).indices("train").tolist())
     assert len(loader) == len(train_rows) // 16
     seen = []
     for batch in loader:
@@ -62,10 +62,10 @@ def test_make_loader_with_workers(face_cache):
     assert len(seen) == len(set(seen)) == len(loader) * 16 and set(seen) <= train_rows
 
 
-def test_loader_is_reproducible_from_its_seed(face_cache):
+def test_loader_is_reproducible_from_its_seed(synth_cache32):
     def first(seed):
         loader = make_loader(
-            face_cache, "train", "utk14", 8, augment=True, shuffle=True, num_workers=0, drop_last=True, seed=seed
+            synth_cache32, "train", "utk14", 8, augment=True, shuffle=True, num_workers=0, drop_last=True, seed=seed
         )
         torch.manual_seed(123)  # the augmentation draws from torch's RNG in the process that runs it
         return next(iter(loader))
@@ -75,16 +75,16 @@ def test_loader_is_reproducible_from_its_seed(face_cache):
     assert not (a["index"] == c["index"]).all()
 
 
-def test_flip_is_an_exact_mirror(face_cache):
-    plain = FaceDataset(face_cache, "test", "utk14")
-    flipped = FaceDataset(face_cache, "test", "utk14", augment=Augment(flip=1.0, zoom=0.0))
+def test_flip_is_an_exact_mirror(synth_cache32):
+    plain = FaceDataset(synth_cache32, "test", "utk14")
+    flipped = FaceDataset(synth_cache32, "test", "utk14", augment=Augment(flip=1.0, zoom=0.0))
     idx = list(range(8))
     torch.testing.assert_close(flipped.batch(idx)["image"], plain.batch(idx)["image"].flip(-1))
 
 
-def test_zoom_crops_shift_and_scale_but_keep_the_face(face_cache):
-    plain = FaceDataset(face_cache, "train", "utk14")
-    zoomed = FaceDataset(face_cache, "train", "utk14", augment=Augment(flip=0.0, zoom=0.1))
+def test_zoom_crops_shift_and_scale_but_keep_the_face(synth_cache32):
+    plain = FaceDataset(synth_cache32, "train", "utk14")
+    zoomed = FaceDataset(synth_cache32, "train", "utk14", augment=Augment(flip=0.0, zoom=0.1))
     idx = list(range(32))
     torch.manual_seed(0)
     x, y = plain.batch(idx)["image"], zoomed.batch(idx)["image"]
@@ -104,19 +104,19 @@ def test_groups_use_the_datasets_own_labels_where_the_scheme_has_them():
     np.testing.assert_array_equal(group_indices(fake, get_scheme("acgan5")), [0, 0, 4, 2, 2])
 
 
-def test_dataset_pickles_without_its_images(face_cache):
-    ds = FaceDataset(face_cache, "train", "utk14")
+def test_dataset_pickles_without_its_images(synth_cache32):
+    ds = FaceDataset(synth_cache32, "train", "utk14")
     ds.batch([0])  # opens the memory map
     data = pickle.dumps(ds)
     assert len(data) < 100_000  # a memmap would drag every image along
     torch.testing.assert_close(pickle.loads(data)[3]["image"], ds[3]["image"])
 
 
-def test_distributed_loader_uses_a_distributed_sampler(face_cache, tmp_path):
+def test_distributed_loader_uses_a_distributed_sampler(synth_cache32, tmp_path):
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         loader = make_loader(
-            face_cache,
+            synth_cache32,
             "train",
             "utk14",
             8,
@@ -152,20 +152,20 @@ def _left_half_mask(size: int) -> transforms.ImageTransform:
 
 
 @pytest.fixture
-def masked_cache(face_cache, tmp_path, monkeypatch) -> Path:
+def masked_cache(synth_cache32, tmp_path, monkeypatch) -> Path:
     monkeypatch.setitem(transforms.TRANSFORMS, "left-half", f"{__name__}:_left_half_mask")
-    root = Path(open_cache(face_cache).manifest["root"])
+    root = Path(open_cache(synth_cache32).manifest["root"])
     out = tmp_path / "masked"
     cfg = PrepareConfig("utkface", root, out, size=32, workers=1, progress=False, transform="left-half")
     prepare(cfg, log=lambda message: None)
     return out
 
 
-def test_transform_hook_writes_masks_and_skips(masked_cache, face_cache):
+def test_transform_hook_writes_masks_and_skips(masked_cache, synth_cache32):
     cache = open_cache(masked_cache)
     assert cache.align == {"preset": "left-half"} and cache.masks.shape == (len(cache), 32, 32)
     dark = cache.manifest["counts"]["skipped"]["no face"]
-    assert dark > 0 and len(cache) + dark == len(open_cache(face_cache))
+    assert dark > 0 and len(cache) + dark == len(open_cache(synth_cache32))
     assert (cache.masks[:, :, :16] == 255).all() and (cache.masks[:, :, 16:] == 0).all()
 
 
@@ -179,10 +179,10 @@ def test_masks_follow_the_augmentation(masked_cache):
     assert mask.shape == (4, 1, 32, 32) and mask.min() >= 0 and mask.max() <= 1
 
 
-def test_bench_data_prints_both_figures(face_cache, capsys):
+def test_bench_data_prints_both_figures(synth_cache32, capsys):
     from faceage.cli import main
 
-    root = open_cache(face_cache).manifest["root"]
+    root = open_cache(synth_cache32).manifest["root"]
     argv = ["bench", "data", "--root", root, "--size", "32", "--batch-size", "8", "--batches", "5", "--workers", "2"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -69,8 +69,13 @@ def test_utkface_real_labels(utkface_dir):
     assert [str(r.path) for r in result.records] == sorted(str(r.path) for r in result.records)
 
 
-def test_utkface_says_what_is_wrong_with_a_name(utkface_dir):
-    skips = _skips(read_dataset("utkface", utkface_dir))
+def test_utkface_says_what_is_wrong_with_a_name(tmp_path):
+    for name in [*UTK_MALFORMED, "100_0_0_20170112213500903.jpg.chip.jpg"]:  # the real folder's bad names
+        _touch(tmp_path / name)
+    result = read_dataset("utkface", tmp_path)
+    assert [r.path.name for r in result.records] == ["100_0_0_20170112213500903.jpg.chip.jpg"]
+    skips = _skips(result)
+    assert set(skips) == UTK_MALFORMED and {reason for reason, _ in skips.values()} == {MALFORMED}
     assert "3 '_'-separated fields" in skips["39_1_20170116174525125.jpg.chip.jpg"][1]
     assert "date&time" in skips["24_0_1_20170116220224657 .jpg.chip.jpg"][1]
     assert "date&time" in skips["55_0_0_20170116232725357jpg.chip.jpg"][1]

@@ -1,8 +1,11 @@
-"""faceage eval on real faces: the age estimator (split hygiene, save/load, learning) and a full evaluation.
+"""faceage eval: the age estimator (split hygiene, save/load, learning) and a full evaluation.
 
-A tiny cache of 60 real UTKFace chips at 32 px is prepared once per module with faceage's own
-``prepare``, split 40/10/50 %; its ~30 test faces give ~435 different-person pairs, so the tests
-calibrate the verification threshold at FAR = 1 % (the default 0.1 % needs 1,000 pairs).
+A tiny cache of 60 generated UTKFace-named faces at 32 px (``conftest.write_synthetic_faces``: the age is
+visible in their pixels) is prepared once per module with faceage's own ``prepare``, split 40/10/50 %; its
+~30 test faces give ~435 different-person pairs, so the tests calibrate the verification threshold at
+FAR = 1 % (the default 0.1 % needs 1,000 pairs). No face is found at 32 px (the judge's detector looks for
+faces of 80 px and up), so the share of outputs with a face is checked on a 128 px cache of chips of two real
+photos next to images without a face.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ASTRONAUT_BOX, HOPPER_BOX, photo_chip, write_synthetic_faces
 from torch import nn
 
 from faceage.eval.age_estimator import (
@@ -34,14 +38,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(utkface_dir, tmp_path_factory):
+def tiny_cache(tmp_path_factory):
     from faceage.data.cache import open_cache
     from faceage.data.prepare import PrepareConfig, prepare
 
-    names = sorted(p.name for p in utkface_dir.iterdir() if p.name.endswith(".jpg.chip.jpg"))
-    root = tmp_path_factory.mktemp("faces")
-    for name in names[:: len(names) // 60][:60]:  # every k-th file: ages 1 to 100+ in name order
-        (root / name).symlink_to(utkface_dir / name)
+    root = write_synthetic_faces(tmp_path_factory.mktemp("faces"), 60)  # ages 1 to 90
     out = tmp_path_factory.mktemp("cache") / "tiny32"
     cfg = PrepareConfig(
         dataset="utkface", root=root, out=out, size=32, split=(0.4, 0.1, 0.5), workers=1, progress=False
@@ -130,7 +131,7 @@ def test_estimator_save_load_round_trip(tmp_path, tiny_cache):
         load_estimator(tmp_path / "missing")
 
 
-def test_dldl_training_steps_fit_real_faces(tiny_cache):
+def test_dldl_training_steps_fit_the_faces(tiny_cache):
     dist = label_distribution(torch.tensor([30.0, 0.0]), 101, sigma=2.0)
     torch.testing.assert_close(dist.sum(1), torch.ones(2))
     assert dist.argmax(1).tolist() == [30, 0]
@@ -177,12 +178,12 @@ class _Identity(nn.Module):
         return x
 
 
-def _identity_model(tmp_path, scheme: str = "acgan5"):
+def _identity_model(tmp_path, scheme: str = "acgan5", image_size: int = 32):
     from faceage.groups import get_scheme
     from faceage.models.pretrained import save_pretrained
 
-    meta = {"model": "eval-test-identity", "model_config": {}, "scheme": get_scheme(scheme).to_dict(), "image_size": 32}
-    return save_pretrained(tmp_path / "identity", _Identity(), meta)
+    meta = {"model": "eval-test-identity", "model_config": {}, "scheme": get_scheme(scheme).to_dict()}
+    return save_pretrained(tmp_path / "identity", _Identity(), {**meta, "image_size": image_size})
 
 
 def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_estimator, tmp_path):
@@ -209,6 +210,57 @@ def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_
     # Every target sees the same 6 unchanged faces: one set of estimated ages.
     ages = [result.output_ages[g] for g in range(5)]
     assert all(np.array_equal(np.sort(a), np.sort(ages[0])) for a in ages)
+
+
+@pytest.fixture(scope="module")
+def faces128(astronaut, hopper, tmp_path_factory):
+    """A 128 px cache, all test split, of 8 chips of two real faces (zoomed, shifted, mirrored) and 7 images
+    without a face (three parts of the astronaut photo away from her face, a cat, a coffee cup, a rocket, a
+    blank); returns it and which rows hold a face."""
+    import skimage.data
+    from PIL import Image
+
+    from faceage.data.cache import open_cache
+    from faceage.data.prepare import PrepareConfig, prepare
+
+    chips = [
+        photo_chip(photo, box, 128, zoom=zoom, shift=shift, flip=flip)
+        for photo, box in ((astronaut, ASTRONAUT_BOX), (hopper, HOPPER_BOX))
+        for zoom, shift, flip in ((1.3, (0, 0), False), (1.6, (0.1, -0.1), True), (1.9, (-0.1, 0), False))
+    ]
+    chips += [photo_chip(astronaut, ASTRONAUT_BOX, 128, flip=True), photo_chip(hopper, HOPPER_BOX, 128, zoom=1.2)]
+    faceless = [astronaut[300:, 300:], astronaut[:200, :200], astronaut[250:500, 50:300], skimage.data.chelsea()]
+    faceless += [skimage.data.coffee(), skimage.data.rocket(), np.full((128, 128, 3), 120, np.uint8)]
+    root = tmp_path_factory.mktemp("faces128")
+    for i, image in enumerate(chips + faceless):
+        age = [5, 12, 25, 35, 45, 60, 70][i % 7]  # faces and no faces in every acgan5 group
+        date = "20190101" if i < len(chips) else "20190202"  # marks the rows with a face
+        square = Image.fromarray(image).resize((128, 128), Image.Resampling.LANCZOS)
+        square.save(root / f"{age}_1_0_{date}00000{i:04d}.jpg.chip.jpg", quality=95)
+    out = tmp_path_factory.mktemp("cache") / "faces128"
+    cfg = PrepareConfig("utkface", root, out, size=128, split=(0, 0, 1), workers=1, progress=False)
+    prepare(cfg, log=lambda message: None)
+    cache = open_cache(out)
+    assert len(cache.indices("test")) == len(cache) == 15
+    return cache, np.array(["_20190101" in str(p) for p in cache.paths])
+
+
+def test_eval_counts_the_outputs_in_which_a_face_is_found(faces128, tiny_estimator, tmp_path):
+    """The identity generator's outputs are its inputs: a face is found exactly in the 8 real-face chips."""
+    from faceage.eval.evaluate import evaluate
+    from faceage.eval.runner import EvalConfig
+    from faceage.groups import get_scheme
+
+    cache, has_face = faces128
+    model = _identity_model(tmp_path, image_size=128)
+    cfg = EvalConfig(targets=["0-20", "51+"], batch_size=16, far=0.05, bf16=False)
+    m = evaluate(model, cache.path, cfg, estimator=tiny_estimator[0]).metrics
+    assert m["data"]["n_sources"] == 15 and m["data"]["real_detected"] == pytest.approx(8 / 15)
+    assert m["overall"]["detected"] == pytest.approx(8 / 15)
+    groups = np.array([get_scheme("acgan5").group(float(a)) for a in cache.ages])
+    for t in m["targets"]:
+        assert t["n_outputs"] == 15 and t["detected"] == pytest.approx(8 / 15), t["label"]
+        assert t["real_detected"] == pytest.approx(has_face[groups == t["group"]].mean()), t["label"]
 
 
 def test_eval_target_subset_still_reconstructs_every_source(tiny_cache, tiny_estimator, tmp_path):
@@ -250,12 +302,14 @@ def test_eval_cli_with_a_tiny_ragan_writes_the_full_report(
     for t in m["targets"]:
         assert t["n_outputs"] == 6
         assert 0 <= t["est_age_mean"] <= 100 and t["est_age_std"] >= 0
-        for key in ("group_accuracy", "verification_0.6", "verification_far", "detected"):
+        for key in ("group_accuracy", "verification_0.6", "verification_far"):
             assert 0 <= t[key] <= 1, key
+        assert t["detected"] == 0.0 and t["real_detected"] in (None, 0.0)  # 32 px: below the detector's 80 px
         assert t["id_distance_mean"] > 0
         for key in ("fd_dlib", "fd_age", "fd_dlib_inputs", "fd_age_inputs"):
             assert (t[key] is None) == (t["n_real"] < 2) and (t[key] is None or t[key] >= 0), key
     assert m["reconstruction"]["n"] == 6 and 0 < m["reconstruction"]["l1"] < 1
+    assert m["overall"]["detected"] == m["data"]["real_detected"] == 0.0
     report = (out / "report.md").read_text()
     for text in ("FD-dlib", "FD-age", "no identity labels", "51+", "Reconstruction", "samples.png"):
         assert text in report

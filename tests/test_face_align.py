@@ -1,4 +1,4 @@
-"""Alignment, its inverse, and the face mask, on the astronaut and on UTKFace chips."""
+"""Alignment, its inverse, and the face mask, on the astronaut, Grace Hopper and UTKFace chips."""
 
 from __future__ import annotations
 
@@ -112,6 +112,21 @@ def test_utkface_preset_reproduces_the_chips(utkface_dir):
             errors.append(np.abs(moved).mean())
             offsets.append(moved.mean(0))
     assert len(errors) >= 35
+    assert np.abs(np.mean(offsets, axis=0)).max() < 3.0, f"mean landmark shift {np.mean(offsets, axis=0)} px"
+    assert np.median(errors) < 5.0, f"median landmark error {np.median(errors):.2f} px on 200 px chips"
+
+
+def test_aligning_an_aligned_chip_again_leaves_the_landmarks_in_place(astronaut, hopper):
+    """A 200 px utkface-preset chip of a photo is (nearly) a fixed point of detect-and-align: two people, each
+    also mirrored, held to the bounds the UTKFace test sets on real chips."""
+    errors, offsets = [], []
+    for photo in (astronaut, hopper):
+        for image in (photo, np.ascontiguousarray(photo[:, ::-1])):
+            chip = align(image, detect(image, largest=True)[0].landmarks, 200, "utkface").image
+            found = detect(chip, largest=True)[0].landmarks
+            moved = align(chip, found, 200, "utkface").landmarks - found
+            errors.append(np.abs(moved).mean())
+            offsets.append(moved.mean(0))
     assert np.abs(np.mean(offsets, axis=0)).max() < 3.0, f"mean landmark shift {np.mean(offsets, axis=0)} px"
     assert np.median(errors) < 5.0, f"median landmark error {np.median(errors):.2f} px on 200 px chips"
 

@@ -6,22 +6,29 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ASTRONAUT_BOX, HOPPER_BOX, photo_chip
 from PIL import Image
 
 from faceage.cli import main
 
 
 @pytest.fixture(scope="module")
-def images(astronaut, tmp_path_factory):
+def images(astronaut, hopper, tmp_path_factory):
     folder = tmp_path_factory.mktemp("faces")
     paths = {
         "astronaut": folder / "astronaut.png",
         "astronaut_grey": folder / "astronaut_grey.jpg",
+        "hopper": folder / "hopper.jpg",
+        "astronaut_chip": folder / "astronaut_chip.jpg",
+        "hopper_chip": folder / "hopper_chip.jpg",
         "blank": folder / "blank.png",
         "broken": folder / "broken.jpg",
     }
     Image.fromarray(astronaut).save(paths["astronaut"])
     Image.fromarray(astronaut).convert("L").save(paths["astronaut_grey"], quality=90)
+    Image.fromarray(hopper).save(paths["hopper"], quality=90)
+    Image.fromarray(photo_chip(astronaut, ASTRONAUT_BOX, 200)).save(paths["astronaut_chip"], quality=90)
+    Image.fromarray(photo_chip(hopper, HOPPER_BOX, 200, flip=True)).save(paths["hopper_chip"], quality=90)
     Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(paths["blank"])
     paths["broken"].write_bytes(b"not a jpeg at all")
     return {k: str(v) for k, v in paths.items()}
@@ -47,8 +54,8 @@ def test_embed_json_reports_each_image(capsys, images):
     assert distance < 0.6, "the grey copy is the same person"
 
 
-def test_embed_backends_agree_and_aligned_takes_the_whole_image(capsys, images, utkface_dir):
-    chips = [str(p) for p in sorted(utkface_dir.glob("*.jpg"))[100:102]]
+def test_embed_backends_agree_and_aligned_takes_the_whole_image(capsys, images):
+    chips = [images["astronaut_chip"], images["hopper_chip"]]  # UTKFace-like 200 px chips
     rc, out, _ = _run(capsys, "embed", *chips, "--aligned", "--json")
     assert rc == 0
     dlib_vectors = np.array([r["embedding"] for r in json.loads(out)])
@@ -58,11 +65,10 @@ def test_embed_backends_agree_and_aligned_takes_the_whole_image(capsys, images, 
     assert np.abs(dlib_vectors - torch_vectors).max() < 1e-3
 
 
-def test_verify(capsys, images, utkface_dir):
+def test_verify(capsys, images):
     rc, out, _ = _run(capsys, "verify", images["astronaut"], images["astronaut_grey"])
     assert rc == 0 and "same" in out and "threshold 0.6" in out
-    other = str(sorted(utkface_dir.glob("*.jpg"))[4321])
-    rc, out, _ = _run(capsys, "verify", images["astronaut"], other, "--json")
+    rc, out, _ = _run(capsys, "verify", images["astronaut"], images["hopper"], "--json")
     result = json.loads(out)
     assert rc == 0 and result["same"] is False and result["distance"] > 0.6
     rc, _, err = _run(capsys, "verify", images["astronaut"], images["blank"])

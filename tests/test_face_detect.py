@@ -1,15 +1,14 @@
-"""Face detection on real photos: the astronaut, UTKFace chips, small, huge, grey, RGBA, border and empty inputs."""
+"""Face detection on real photos: the astronaut, Grace Hopper, chips cut from them and UTKFace's, small, huge, grey,
+RGBA, border and empty inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ASTRONAUT_BOX, HOPPER_BOX, photo_chip
 from PIL import Image
 
 from faceage.face import align, detect, detection, invert_matrix, transform_points
-
-# Where dlib's HOG detector puts the astronaut's face (x0, y0, x1, y1), checked by eye.
-ASTRONAUT_BOX = (175, 76, 265, 166)
 
 
 def _resized(image: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -43,6 +42,27 @@ def test_five_point_landmarks(astronaut):
     assert np.abs(five[4] - full[33]).max() < 4, "point 4 sits under the nose"
     with pytest.raises(ValueError, match="68 or 5"):
         detect(astronaut, landmarks=7)
+
+
+def _box_in_chip(box, size: int, zoom: float, shift: tuple[float, float], flip: bool) -> list[float]:
+    """Where ``box`` of the photo lands in ``photo_chip(photo, box, size, zoom=zoom, shift=shift, flip=flip)``."""
+    x0, y0, x1, y1 = box
+    side, width = zoom * (x1 - x0), x1 - x0
+    left = (x0 + x1) / 2 + shift[0] * width - side / 2
+    top = (y0 + y1) / 2 + shift[1] * width - side / 2
+    out = [(x0 - left) * size / side, (y0 - top) * size / side, (x1 - left) * size / side, (y1 - top) * size / side]
+    return [size - out[2], out[1], size - out[0], out[3]] if flip else out
+
+
+@pytest.mark.parametrize("person", ["astronaut", "hopper"])
+def test_finds_the_face_in_utkface_like_chips_of_a_photo(person, request):
+    """200 px chips like UTKFace's, zoomed, shifted and mirrored: the face is found where it was cut out."""
+    photo, box = request.getfixturevalue(person), {"astronaut": ASTRONAUT_BOX, "hopper": HOPPER_BOX}[person]
+    for zoom, shift, flip in [(1.2, (0, 0), False), (1.5, (0.1, -0.1), True), (1.8, (-0.1, 0.1), False)]:
+        chip = photo_chip(photo, box, 200, zoom=zoom, shift=shift, flip=flip)
+        faces = detect(chip, largest=True)
+        assert faces, f"no face in the {zoom}x chip"
+        assert _iou(faces[0].box, _box_in_chip(box, 200, zoom, shift, flip)) > 0.7, (zoom, faces[0].box)
 
 
 def test_finds_faces_in_utkface_chips(utkface_dir):

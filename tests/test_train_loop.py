@@ -1,4 +1,4 @@
-"""The training loop on real UTKFace faces with the tiny preset: outputs, checkpoints, resume, determinism,
+"""The training loop on generated faces with the tiny preset: outputs, checkpoints, resume, determinism,
 signals and the data order."""
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def _assert_same_state(a: dict, b: dict) -> None:
                 torch.testing.assert_close(b["optimizers"][name]["state"][pid][key], value, rtol=1e-5, atol=1e-6)
 
 
-def test_run_writes_config_checkpoint_grids_metrics_and_tensorboard(utk_cache32, tmp_path):
+def test_run_writes_config_checkpoint_grids_metrics_and_tensorboard(synth_cache32, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--config", "tiny", "--data", str(utk_cache32), "--out", str(out), "--steps", "4"]) == 0
+    assert main(["train", "--config", "tiny", "--data", str(synth_cache32), "--out", str(out), "--steps", "4"]) == 0
     assert load_config(out / "config.yaml").train.steps == 4
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
@@ -66,12 +66,12 @@ def test_run_writes_config_checkpoint_grids_metrics_and_tensorboard(utk_cache32,
         assert torch.equal(value, state["networks"]["generator_ema"][key])
 
 
-def test_resumed_run_matches_an_uninterrupted_one(utk_cache32, tmp_path):
-    assert _train(utk_cache32, tmp_path / "straight", 5) == 5
-    assert _train(utk_cache32, tmp_path / "resumed", 3) == 3
+def test_resumed_run_matches_an_uninterrupted_one(synth_cache32, tmp_path):
+    assert _train(synth_cache32, tmp_path / "straight", 5) == 5
+    assert _train(synth_cache32, tmp_path / "resumed", 3) == 3
     with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:  # as if it had run on past its checkpoint
         f.write(json.dumps({"step": 4, "img_per_s": 1.0}) + "\n")
-    assert _train(utk_cache32, tmp_path / "resumed", 5, resume=True) == 5
+    assert _train(synth_cache32, tmp_path / "resumed", 5, resume=True) == 5
     logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4, 5]
     straight = load_checkpoint(checkpoint_path(tmp_path / "straight"))
@@ -80,30 +80,31 @@ def test_resumed_run_matches_an_uninterrupted_one(utk_cache32, tmp_path):
     _assert_same_state(straight, resumed)
 
 
-def test_same_seed_same_weights_other_seed_other_weights(utk_cache32, tmp_path):
+def test_same_seed_same_weights_other_seed_other_weights(synth_cache32, tmp_path):
     for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
-        _train(utk_cache32, tmp_path / name, 2, f"train.seed={seed}")
+        _train(synth_cache32, tmp_path / name, 2, f"train.seed={seed}")
     a, b, c = (load_checkpoint(checkpoint_path(tmp_path / n)) for n in "abc")
     _assert_same_state(a, b)
     ga, gc = a["networks"]["generator"], c["networks"]["generator"]
     assert not any(torch.equal(ga[k], gc[k]) for k in ga if k.endswith("weight"))
 
 
-def test_an_existing_run_needs_resume_and_resume_cannot_change_the_model(utk_cache32, tmp_path, capsys):
+def test_an_existing_run_needs_resume_and_resume_cannot_change_the_model(synth_cache32, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--config", "tiny", "--data", str(utk_cache32), "--out", str(out)]
+    args = ["train", "--config", "tiny", "--data", str(synth_cache32), "--out", str(out)]
     assert main([*args, "--steps", "1"]) == 0
     assert main([*args, "--steps", "2"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert main([*args, "--resume", "--set", "model.channels=4"]) == 2
     assert "cannot change model on resume (changed: channels)" in capsys.readouterr().err
-    assert main(["train", "--data", str(utk_cache32), "--out", str(out), "--resume", "--steps", "2"]) == 0
+    assert main(["train", "--data", str(synth_cache32), "--out", str(out), "--resume", "--steps", "2"]) == 0
     assert load_checkpoint(checkpoint_path(out))["step"] == 2
 
 
-def test_sigterm_checkpoints_before_exit_and_the_run_resumes(utk_cache32, tmp_path):
+def test_sigterm_checkpoints_before_exit_and_the_run_resumes(synth_cache32, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "faceage", "train", "--config", "tiny", "--data", str(utk_cache32), "--out", str(out)]
+    cmd = [sys.executable, "-m", "faceage", "train", "--config", "tiny", "--data", str(synth_cache32)]
+    cmd += ["--out", str(out)]
     cmd += ["--steps", "100000", "--set", "train.checkpoint_every=100000", "--set", "train.sample_every=100000"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
@@ -118,7 +119,7 @@ def test_sigterm_checkpoints_before_exit_and_the_run_resumes(utk_cache32, tmp_pa
     assert 3 <= step < 100000 and f"stopped at step {step} of 100000" in stdout
     assert (out / "samples" / f"step_{step:07d}.png").is_file()  # a last grid at the stop
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == step
-    assert _train(utk_cache32, out, step + 1, resume=True) == step + 1
+    assert _train(synth_cache32, out, step + 1, resume=True) == step + 1
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch_and_ranks_share_it_out():

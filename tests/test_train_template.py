@@ -26,10 +26,10 @@ TRAIN = {
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("n_critic", [1, 3])
-def test_n_critic_phases_step_the_critic_n_times_per_generator_step(utk_cache32, tmp_path, n_critic):
+def test_n_critic_phases_step_the_critic_n_times_per_generator_step(synth_cache32, tmp_path, n_critic):
     cfg = from_dict({"model": {"name": "template", "n_critic": n_critic}, "train": TRAIN})
     out = tmp_path / "run"
-    assert train(cfg, utk_cache32, out) == 3
+    assert train(cfg, synth_cache32, out) == 3
     state = load_checkpoint(checkpoint_path(out))
     assert set(state["networks"]) == {"generator", "critic", "generator_ema"}
     critic_steps = [float(s["step"]) for s in state["optimizers"]["critic"]["state"].values()]

@@ -55,15 +55,26 @@ def broadcast_module(module: torch.nn.Module) -> None:
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average the gradients of ``params`` over all processes, in one flattened all-reduce."""
+    """Average the gradients of ``params`` over all processes, in one flattened all-reduce.
+
+    A parameter that has no gradient on any process (unused in this phase) keeps ``grad = None``, as with
+    ``world == 1``, so Adam skips it instead of stepping it on stale momentum. One that has a gradient on
+    some processes only (a head only some batches use) counts as zeros on the others, which is what one
+    process would compute on the combined batch. A cheap all-reduce of a presence mask decides, so every
+    process sends the same tensors.
+    """
     if world == 1 or not params:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.flatten() for g in grads])
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    used = [p for p, on in zip(params, present.tolist(), strict=True) if on]
+    if not used:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in used])
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for p in params:
+    for p in used:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
 
