@@ -15,9 +15,10 @@ import faceage
 from faceage import paths
 from faceage.infer import Ager, ModelNotFoundError, NoFaceError
 from faceage.infer.backends import TorchBackend
-from faceage.infer.paste import match_colour
+from faceage.infer.paste import match_colour, paste_faces, paste_faces_to_image
 from faceage.infer.strip import label_height
 from faceage.models.pretrained import load_pretrained
+from faceage.precision import resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,45 @@ def test_batched_form_matches_one_by_one(ager):
         for target, out in zip([10, "51+"], row, strict=True):
             np.testing.assert_array_equal(np.asarray(out), np.asarray(ager.age(image, target, aligned=True)))
     assert not np.array_equal(np.asarray(many[0][0]), np.asarray(many[0][1])), "targets must change the output"
+
+
+def test_stream_makes_one_output_at_a_time(ager):
+    calls = []
+    backend = ager.backend
+    counting = Ager(lambda x, t: calls.append(len(t)) or backend(x, t), ager.meta, batch_size=2)
+    crop = _noise(40, 40, 5)
+    aged = counting.stream(crop, [10, 30, "41-50"], aligned=True)
+    assert aged.faces == 1 and calls == [], "nothing is generated before an output is asked for"
+    first = next(aged.images)
+    assert calls == [2], "one batch serves as many targets as fit"
+    rest = list(aged.images)
+    assert calls == [2, 1] and len(rest) == 2
+    for target, out in zip([10, 30, "41-50"], [first, *rest], strict=True):
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(ager.age(crop, target, aligned=True)))
+    transformed = ager.transform(crop, [10, 30, "41-50"], aligned=True)
+    assert transformed.faces == 1 and len(transformed.images) == 3
+
+
+def test_pasting_into_a_pil_image_gives_the_same_pixels(astronaut):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    mask = np.clip(1.5 - np.hypot(yy - 15.5, xx - 15.5) / 10, 0, 1).astype(np.float32)
+    pieces = []
+    for scale, x, y in [(0.25, 150, 100), (0.3, 170, 120), (0.2, 500, 500)]:  # overlapping, and one at the edge
+        matrix = np.array([[scale, 0.02, -scale * x], [-0.02, scale, -scale * y]])
+        pieces.append((matrix, mask, rng.uniform(0, 255, (32, 32, 3)).astype(np.float32)))
+    expected = paste_faces(astronaut, pieces)
+    assert (expected != astronaut).any()
+    np.testing.assert_array_equal(np.asarray(paste_faces_to_image(astronaut, pieces)), expected)
+
+
+def test_precision_auto_is_resolved_and_shown(tiny_ragan_dir):
+    ager = faceage.load(tiny_ragan_dir, device="cpu")
+    picked, why = resolve_precision("auto", "cpu")
+    assert ager.backend.precision == picked and ager.backend.precision_why == why and why.startswith("auto: ")
+    assert f"backend=torch/{picked}" in repr(ager)
+    assert faceage.load(tiny_ragan_dir, device="cpu", precision="bf16").backend.precision == "bf16"
+    assert TorchBackend(load_pretrained(tiny_ragan_dir)[0]).precision == picked
 
 
 def test_bad_target_names_the_groups(ager):

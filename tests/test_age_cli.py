@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image, ImageOps
 
 import faceage
 from faceage import paths
+from faceage.cli import age as age_cli
 from faceage.cli import main
 from faceage.infer.strip import label_height
 
@@ -144,3 +147,50 @@ def test_stdout_is_exactly_one_json_array(tiny_ragan_dir, tmp_path):
     results = json.loads(proc.stdout)
     assert isinstance(results, list) and [r["ok"] for r in results] == [True, False]
     assert "nope.png" in proc.stderr
+
+
+def test_outputs_are_written_one_at_a_time(tiny_ragan_dir, tmp_path, capsys, monkeypatch, astronaut):
+    """Each output is written and dropped before the next is made: N targets never hold N full-size images."""
+    from faceage.infer import ager as ager_module
+
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
+    written, alive_when_made = [], []
+    save, paste = age_cli._Writer.save, ager_module.paste_faces_to_image
+
+    def watching_save(self, image, out, source):
+        written.append(weakref.ref(image))
+        save(self, image, out, source)
+
+    def watching_paste(photo, pieces):
+        alive_when_made.append(sum(ref() is not None for ref in written))
+        return paste(photo, pieces)
+
+    monkeypatch.setattr(age_cli._Writer, "save", watching_save)
+    monkeypatch.setattr(ager_module, "paste_faces_to_image", watching_paste)
+    argv = [tmp_path / "astronaut.png", "--to", 10, "--to", 30, "--to", 45, "--to", 70, "--largest", "--progression"]
+    code, results, _ = _age(capsys, tiny_ragan_dir, *argv, "--out", tmp_path / "o")
+    assert code == 0 and [r["faces"] for r in results] == [1] * 5
+    assert alive_when_made == [0, 0, 0, 0], "an output already written was still in memory when the next was made"
+    assert all(Image.open(r["output"]).size == (512, 512) for r in results[:4])
+
+
+def test_precision_defaults_to_auto_and_is_logged(tiny_ragan_dir, tmp_path, capsys):
+    from faceage.precision import resolve_precision
+
+    a = _save(tmp_path / "a.png", 32, 32)
+    code, _, err = _age(capsys, tiny_ragan_dir, a, "--to", 70, "--aligned", "--out", tmp_path / "o")
+    picked, why = resolve_precision("auto", "cpu")
+    assert code == 0 and f"backend=torch/{picked}); precision {picked} ({why})" in err
+    code, _, err = _age(
+        capsys, tiny_ragan_dir, a, "--to", 70, "--aligned", "--out", tmp_path / "o2", "--precision", "bf16"
+    )
+    assert code == 0 and "precision bf16 (asked for)" in err
+
+
+def test_demo_passes_precision_and_device(tiny_ragan_dir, tmp_path, capsys):
+    argv = ["demo", "--model", str(tiny_ragan_dir), "--out", str(tmp_path), "--to", "70", "--precision", "fp32"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert "precision fp32 (asked for)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut_progression.png", "astronaut_to70.png"]
+    assert main(["demo", "--model", str(tiny_ragan_dir), "--out", str(tmp_path), "--device", "gpu"]) == 2
+    assert re.search("unknown device 'gpu'", capsys.readouterr().err)

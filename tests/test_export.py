@@ -70,3 +70,24 @@ def test_export_errors(exported, capsys):
     assert "must end in .onnx" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="faceage export --model"):
         faceage.load(tmp / "rel", backend="onnx")
+    (tmp / "file").write_text("")
+    assert main(["export", "--model", str(tmp / "run.pt"), "--safetensors", str(tmp / "file")]) == 2
+    assert f"--safetensors {tmp / 'file'} is a file; give a folder" in capsys.readouterr().err
+
+
+def test_onnx_precision_and_bad_onnx_files(exported, capsys):
+    tmp, _, _ = exported
+    ager = faceage.load(tmp / "g.onnx")  # precision auto: the exported graph is fp32
+    assert ager.backend.precision == "fp32" and "backend=onnx/fp32" in repr(ager)
+    with pytest.raises(
+        ValueError, match="the onnx backend runs the exported fp32 graph; precision 'bf16' is torch-only"
+    ):
+        faceage.load(tmp / "g.onnx", precision="bf16")
+    with pytest.raises(ValueError, match="use precision 'fp32' or 'auto'"):
+        OnnxBackend(tmp / "g.onnx", precision="bf16")
+    (tmp / "fake.onnx").write_bytes(b"this is not a protobuf")
+    with pytest.raises(ValueError, match=r"fake.onnx is not a readable ONNX file"):
+        faceage.load(tmp / "fake.onnx")
+    argv = ["age", str(tmp / "face.png"), "--to", "40", "--aligned", "--model", str(tmp / "g.onnx")]
+    assert main([*argv, "--precision", "bf16", "--out", str(tmp / "o2")]) == 2
+    assert "precision 'bf16' is torch-only" in capsys.readouterr().err

@@ -6,14 +6,29 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# The most pixels a photo to be aged may have; bigger ones are refused before they are decoded. A 24 MP
+# camera photo (6000x4000) fits with headroom, as do 48-61 MP sensors. Raise it with ``max_pixels=`` (Python)
+# or ``--max-pixels`` (CLI). Also ``faceage.infer.MAX_PIXELS``; defined here so ``import faceage`` needs no torch.
+MAX_PIXELS = 64_000_000
+
 if TYPE_CHECKING:  # pragma: no cover
     from faceage.infer.ager import Ager
 
 
 def load(
-    name_or_path: str | None = None, device: str | None = None, *, backend: str | None = None, precision: str = "fp32"
+    name_or_path: str | None = None,
+    device: str | None = None,
+    *,
+    backend: str | None = None,
+    precision: str = "auto",
+    max_pixels: int | None = MAX_PIXELS,
 ) -> Ager:
-    """Load an ager: the bundled model by default, or a model name / checkpoint / exported folder / .onnx file."""
+    """Load an ager: the bundled model by default, or a model name / checkpoint / exported folder / .onnx file.
+
+    ``precision`` "auto" picks bf16 autocast only where it is faster (CUDA, CPUs with AMX), else fp32;
+    ``max_pixels`` is the largest photo it will decode (None: no limit of faceage's own). See
+    :func:`faceage.infer.load`.
+    """
     from faceage.infer.ager import load as _load
 
-    return _load(name_or_path, device=device, backend=backend, precision=precision)
+    return _load(name_or_path, device=device, backend=backend, precision=precision, max_pixels=max_pixels)

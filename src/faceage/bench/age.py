@@ -2,27 +2,35 @@
 
 Prints ms per face at the model's resolution for eager fp32, eager bf16 (autocast) and onnxruntime at
 batch 1 and 16, then the latency of ageing a whole 1024x768 photo (detection, alignment, generator,
-colour match and paste-back) with the fastest batch-1 backend. Without ``--model`` it times a randomly
-initialised generator of the default training preset (RAGAN) at ``--size`` px: speed does not depend on the
-weights.
+colour match and paste-back) at ``--precision`` (auto by default, as ``faceage age`` runs). Without
+``--model`` it times a randomly initialised generator of the default training preset (RAGAN) at ``--size``
+px: speed does not depend on the weights.
+
+``--rss`` adds the peak resident memory of ``faceage age PHOTO --to ...`` on a ``--photo-mp`` megapixel
+photo (the bundled astronaut upscaled, or ``--photo``) for each count of ``--rss-targets``, each in a fresh
+process: the figure that shows whether memory grows with the number of targets.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from faceage.bench import time_ms
-from faceage.cli import CLIError
+from faceage.cli import CLIError, add_precision_argument
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 PHOTO_SIZE = (1024, 768)  # width, height of the whole-photo benchmark
+MAX_RSS_TARGETS = 100  # distinct whole-year target ages 1..100
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +46,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the median is reported")
     p.add_argument("--photo", type=Path, help=f"photo for the whole-photo figure (default: astronaut on {PHOTO_SIZE})")
+    add_precision_argument(p)
+    p.add_argument(
+        "--rss",
+        action="store_true",
+        help="also print the peak RSS of `faceage age` (at --precision) on a --photo-mp photo, "
+        "for each --rss-targets count",
+    )
+    p.add_argument(
+        "--photo-mp", type=float, default=24.0, metavar="MP",
+        help="--rss: megapixels of the 3:2 test photo, made from --photo or the astronaut (default 24: 6000x4000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rss-targets", type=int, nargs="+", default=[1, 10], metavar="N",
+        help="--rss: numbers of --to targets to measure, each in a fresh process (default 1 10)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -102,8 +125,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from faceage.infer.ager import Ager
+    from faceage.infer.backends import TorchBackend
 
-    generator, meta, what = _generator(args)
+    if args.rss and not (0 < args.photo_mp <= 500 and all(1 <= n <= MAX_RSS_TARGETS for n in args.rss_targets)):
+        raise CLIError(f"--photo-mp must be in (0, 500] and --rss-targets in 1..{MAX_RSS_TARGETS}")
+    try:
+        generator, meta, what = _generator(args)
+    except (FileNotFoundError, ValueError) as e:  # ModelNotFoundError is a FileNotFoundError
+        raise CLIError(str(e)) from None
     size, groups = int(meta["image_size"]), len(meta["scheme"]["lower"])
     report: dict = {
         "model": what,
@@ -125,9 +154,11 @@ def run(args: argparse.Namespace) -> int:
                 report["ms_per_face"][f"{name} batch {batch}"] = round(median / batch, 2)
                 report["ms_per_face_best"][f"{name} batch {batch}"] = round(best / batch, 2)
                 print(f"  {name:12s} batch {batch:3d}: {median / batch:8.2f} ms/face", file=sys.stderr)
-        batch1 = {k: v for k, v in report["ms_per_face"].items() if k.endswith(" batch 1")}
-        fastest = min(batch1, key=batch1.get).removesuffix(" batch 1")
-        report.update(_whole_photo(Ager(backends[fastest], meta), args, fastest))
+        photo_backend = TorchBackend(generator, args.precision)
+        name = f"eager {photo_backend.precision} ({photo_backend.precision_why})"
+        report.update(_whole_photo(Ager(photo_backend, meta), args, name))
+        if args.rss:
+            report.update(_peak_rss(args, generator, meta, Path(tmp)))
     _print(report, args.json)
     return 0
 
@@ -150,6 +181,67 @@ def _whole_photo(ager, args: argparse.Namespace, backend: str) -> dict:
     }
 
 
+def _peak_rss(args: argparse.Namespace, generator, meta: dict, workdir: Path) -> dict:
+    """Peak RSS of ``faceage age PHOTO --to ... --largest`` for each ``--rss-targets`` count, a fresh process each."""
+    from faceage.cli.info import collect
+    from faceage.models.pretrained import save_pretrained
+
+    if args.model:
+        from faceage.infer.resolve import resolve_model
+
+        model = resolve_model(args.model)
+    else:
+        model = save_pretrained(workdir / "model", generator, meta)
+    photo, (width, height) = _big_photo(args.photo, args.photo_mp, workdir)
+    peaks = {}
+    for n in args.rss_targets:
+        ages = [1 + i * (MAX_RSS_TARGETS - 1) // max(1, n - 1) for i in range(n)]  # distinct ages: distinct files
+        argv = [sys.executable, "-m", "faceage", "age", str(photo), "--largest", "--model", str(model)]
+        argv += ["--out", str(workdir / f"aged{n}"), "--precision", args.precision, "--max-pixels", str(width * height)]
+        peak = round(_child_peak_rss(argv + [f"--to={a}" for a in ages]) / 2**20)
+        peaks[f"{n} target{'s' if n > 1 else ''}"] = peak
+        print(f"  peak RSS of faceage age, {n:3d} target(s): {peak:6d} MiB", file=sys.stderr)
+    return {
+        "rss_photo": f"{width}x{height} ({width * height / 1e6:.1f} MP)",
+        "rss_cpu": collect()["cpu"]["model"],
+        "peak_rss_mib": peaks,
+    }
+
+
+def _big_photo(source: Path | None, megapixels: float, workdir: Path) -> tuple[Path, tuple[int, int]]:
+    """A 3:2 JPEG of ``megapixels`` MP: ``source`` (default: the bundled astronaut) scaled to its height, padded."""
+    import numpy as np
+    from PIL import Image
+
+    from faceage.data.imageio import read_image
+    from faceage.paths import EXAMPLE_PHOTO
+
+    height = round(math.sqrt(megapixels * 1e6 / 1.5))
+    width = round(1.5 * height)
+    image = read_image(source or EXAMPLE_PHOTO)
+    scaled = Image.fromarray(image).resize((round(image.shape[1] * height / image.shape[0]), height), Image.BICUBIC)
+    pixels = np.asarray(scaled)[:, :width]
+    left = (width - pixels.shape[1]) // 2
+    pixels = np.pad(pixels, ((0, 0), (left, width - pixels.shape[1] - left), (0, 0)), mode="edge")
+    path = workdir / f"photo_{megapixels:g}mp.jpg"
+    Image.fromarray(pixels).save(path, quality=90)
+    return path, (width, height)
+
+
+def _child_peak_rss(argv: list[str]) -> int:
+    """Run ``argv`` and return its peak resident set size in bytes (its own, from ``wait4``); CLIError if it fails."""
+    if not hasattr(os, "wait4"):
+        raise CLIError("--rss needs os.wait4 (Linux or macOS)")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise CLIError(f"`faceage age` on the benchmark photo failed ({proc.returncode}): {log.strip()[-500:]}")
+    return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+
+
 def _print(report: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report, indent=2))
@@ -161,3 +253,7 @@ def _print(report: dict, as_json: bool) -> None:
     print(f"whole photo {report['photo']} with {report['photo_backend']}, ms:")
     print(f"  detection                  {report['photo_detect_ms'][0]:8.1f} {report['photo_detect_ms'][1]:8.1f}")
     print(f"  total (detect+align+G+paste) {report['photo_total_ms'][0]:6.1f} {report['photo_total_ms'][1]:8.1f}")
+    if "peak_rss_mib" in report:
+        print(f"peak RSS of `faceage age PHOTO --largest` on a {report['rss_photo']} photo ({report['rss_cpu']}):")
+        for k, v in report["peak_rss_mib"].items():
+            print(f"  {k:26s} {v:8d} MiB")

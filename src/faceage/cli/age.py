@@ -5,18 +5,21 @@ Outputs are ``OUT/<input stem>_to<AGE as given>.png`` and, with ``--progression`
 (input, target) fails with an error and the others go on. Two inputs with the same stem (``a/x.jpg`` and
 ``b/x.png``) would write the same output: the second one fails the same way rather than replacing the
 first's result. Exit status 0 when everything succeeded, 2 when anything failed.
+
+Each input is decoded once (photos over ``--max-pixels`` are refused from their header) and its outputs are
+made and written one target at a time, so ten targets of a 24 MP photo need no more memory than one.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from faceage.cli import CLIError
+from faceage import MAX_PIXELS
+from faceage.cli import CLIError, add_precision_argument
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PROGRESSION = "progression"
@@ -43,9 +46,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--largest", action="store_true", help="age only the largest face in each photo")
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for an .onnx model, torch otherwise")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="torch precision (default fp32)")
+    add_precision_argument(p)
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
+        help=f"refuse photos with more pixels, before decoding them (default {MAX_PIXELS:_}: a 24 MP photo fits)",
+    )  # fmt: skip
     p.set_defaults(func=run)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number > 0 (``64000000`` or ``64_000_000``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def expand_inputs(inputs: list[str]) -> Iterator[tuple[Path, str | None]]:
@@ -78,16 +96,15 @@ class _Writer:
         self.written: dict[Path, Path] = {}
 
     def save(self, image, out: Path, source: Path) -> None:
-        from faceage.utils import atomic_write_bytes
+        from faceage.utils import atomic_open
 
         resolved = out.resolve()
         if resolved in self.inputs:
             raise ValueError(f"output {out} would overwrite an input; choose another --out")
         if resolved in self.written:
             raise ValueError(f"output {out} was already written for {self.written[resolved]} (same file stem)")
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        atomic_write_bytes(out, buf.getvalue())
+        with atomic_open(out, "wb") as f:  # encoded straight to the file: no second copy in memory
+            image.save(f, format="PNG")
         self.written[resolved] = source
 
 
@@ -113,45 +130,58 @@ def _result(
 
 
 def _process(ager, path: Path, args: argparse.Namespace, writer: _Writer) -> list[dict]:
-    """All results for one input file; failures are recorded, never raised."""
+    """All results for one input file, each output written as soon as it is made; failures are recorded."""
     from faceage.data.imageio import ImageError, read_image
     from faceage.infer import NoFaceError
 
     jobs = _jobs(ager, args)
     try:
-        image = read_image(path)
-        images, faces = [], 1
-        if args.targets:
-            aged = ager.transform(image, args.targets, aligned=args.aligned, largest=args.largest)
-            images, faces = aged.images, aged.faces
-        if args.progression:
-            images.append(ager.progression(image, aligned=args.aligned))
+        image = read_image(path, max_pixels=args.max_pixels)
+        aged = ager.stream(image, args.targets, aligned=args.aligned, largest=args.largest) if args.targets else None
     except NoFaceError as e:
         return [_result(path, job, error=str(e), faces=0) for job in jobs]
     except ImageError as e:
         return [_result(path, job, error=e.reason + (f" ({e.detail})" if e.detail else "")) for job in jobs]
     except (OSError, ValueError) as e:
         return [_result(path, job, error=str(e)) for job in jobs]
+    faces = aged.faces if aged is not None else 1
     results = []
-    for job, img in zip(jobs, images, strict=True):
-        out = args.out / output_name(path.stem, job[0])
+    if aged is not None:
+        for job in jobs[: len(args.targets)]:  # next() straight into _write: no name keeps the last output alive
+            results.append(_write(writer, next(aged.images), path, job, args.out, faces))
+    if args.progression:
         try:
-            writer.save(img, out, path)
-            results.append(_result(path, job, output=out, faces=faces))
+            strip = ager.progression(image, aligned=args.aligned)
         except (OSError, ValueError) as e:
-            results.append(_result(path, job, error=str(e), faces=faces))
+            return [*results, _result(path, jobs[-1], error=str(e), faces=0 if isinstance(e, NoFaceError) else faces)]
+        results.append(_write(writer, strip, path, jobs[-1], args.out, faces))
     return results
+
+
+def _write(writer: _Writer, image, path: Path, job: tuple[str, str], out_dir: Path, faces: int) -> dict:
+    out = out_dir / output_name(path.stem, job[0])
+    try:
+        writer.save(image, out, path)
+    except (OSError, ValueError) as e:
+        return _result(path, job, error=str(e), faces=faces)
+    return _result(path, job, output=out, faces=faces)
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.targets and not args.progression:
         raise CLIError("give at least one --to AGE (e.g. --to 70 or --to 30-39), or --progression")
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {args.out} is a file; give a folder (it is created if missing)")
+    from PIL import Image
     from tqdm import tqdm
 
     from faceage.infer import ModelNotFoundError, load
 
+    # --max-pixels is the limit: Pillow's own decompression-bomb guard must not refuse a photo below it.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < args.max_pixels:
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
     try:
-        ager = load(args.model, args.device, backend=args.backend, precision=args.precision)
+        ager = load(args.model, args.device, backend=args.backend, precision=args.precision, max_pixels=args.max_pixels)
     except (ModelNotFoundError, ValueError, ImportError) as e:
         raise CLIError(str(e)) from None
     except RuntimeError as e:  # weights that do not fit the architecture (another faceage version)
@@ -161,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             ager.group(t)
         except ValueError as e:
             raise CLIError(f"{e} (model {ager.source})") from None
-    print(f"faceage age: {ager}", file=sys.stderr)
+    print(f"faceage age: {ager}; precision {ager.backend.precision} ({ager.backend.precision_why})", file=sys.stderr)
     expanded = list(expand_inputs(args.inputs))
     writer = _Writer([p for p, err in expanded if err is None])
     results: list[dict] = []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from faceage.cli import add_precision_argument
+
 DEFAULT_AGES = ["5", "20", "40", "70"]
 
 
@@ -26,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--model", help="model name, exported folder, checkpoint .pt or .onnx (default: bundled model)")
     p.add_argument("--out", type=Path, default=Path("aged"), help="output folder (default: ./aged)")
+    add_precision_argument(p)
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
 
 
@@ -34,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from faceage.paths import EXAMPLE_PHOTO
 
     argv = ["age", str(EXAMPLE_PHOTO), "--progression", "--largest", "--out", str(args.out)]
+    argv += ["--precision", args.precision]
     for age in args.targets or DEFAULT_AGES:
         argv += ["--to", age]
-    return main(argv + (["--model", args.model] if args.model else []))
+    argv += ["--model", args.model] if args.model else []
+    return main(argv + (["--device", args.device] if args.device else []))

@@ -29,8 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.onnx is None and args.safetensors is None:
         raise CLIError("nothing to do: give --onnx OUT.onnx and/or --safetensors DIR")
-    if args.onnx is not None and args.onnx.suffix != ".onnx":
-        raise CLIError(f"--onnx {args.onnx}: the file name must end in .onnx")
+    if args.onnx is not None and (args.onnx.suffix != ".onnx" or args.onnx.is_dir()):
+        raise CLIError(f"--onnx {args.onnx}: the file name must end in .onnx (and not be a folder)")
+    if args.safetensors is not None and args.safetensors.exists() and not args.safetensors.is_dir():
+        raise CLIError(f"--safetensors {args.safetensors} is a file; give a folder (it is created if missing)")
     from faceage.infer.resolve import ModelNotFoundError, resolve_model
     from faceage.models.pretrained import load_generator, save_pretrained
 

@@ -1,6 +1,16 @@
 """Inference: age photos with a trained generator (``load`` then ``Ager.age``). Never imports training."""
 
-from faceage.infer.ager import AgedPhoto, Ager, NoFaceError, load
+from faceage.data.imageio import ImageTooLargeError
+from faceage.infer.ager import MAX_PIXELS, AgedPhoto, AgedStream, Ager, NoFaceError, load
 from faceage.infer.resolve import ModelNotFoundError
 
-__all__ = ["AgedPhoto", "Ager", "ModelNotFoundError", "NoFaceError", "load"]
+__all__ = [
+    "MAX_PIXELS",
+    "AgedPhoto",
+    "AgedStream",
+    "Ager",
+    "ImageTooLargeError",
+    "ModelNotFoundError",
+    "NoFaceError",
+    "load",
+]

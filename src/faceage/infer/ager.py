@@ -4,11 +4,18 @@ A whole photo is aged face by face: detect, align the way the model's training f
 the generator, colour-match and paste each face back with a feathered mask. An already aligned crop
 (``aligned=True``) is resized to the model's resolution, aged and resized back. Nothing here imports
 the training package.
+
+Memory: a photo is decoded once; what is kept per face is its aligned crop and mask, and outputs are made
+one target at a time (:meth:`Ager.stream`), so ageing a 24 MP photo to ten ages holds one full-resolution
+output at a time, not ten.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +23,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from faceage import MAX_PIXELS
+from faceage.data.imageio import check_pixels, read_image
 from faceage.groups import AgeScheme
 from faceage.infer.backends import OnnxBackend, TorchBackend
-from faceage.infer.paste import match_colour, paste_faces
+from faceage.infer.paste import match_colour, paste_faces_to_image
 from faceage.infer.resolve import ModelNotFoundError, resolve_model
 from faceage.infer.strip import progression_strip
+from faceage.precision import PRECISIONS
 
-ImageLike = Image.Image | np.ndarray
-Target = int | str
+ImageLike = Image.Image | np.ndarray | str | os.PathLike
+Target = int | float | str
 BACKENDS = ("torch", "onnx")
 DEFAULT_ALIGN_PRESET = "utkface"
+# Target ages above this are typing mistakes, not ages (every age past the last bound is its open group).
+MAX_TARGET_AGE = 120
 
 
 class NoFaceError(ValueError):
@@ -41,6 +53,19 @@ class AgedPhoto:
 
 
 @dataclass
+class AgedStream:
+    """One photo aged to several targets lazily: iterating ``images`` makes each target's output in turn.
+
+    Faces are found (and :class:`NoFaceError` raised) when the stream is made; each output is pasted and
+    returned only when asked for (the generator runs on a batch of targets at a time: small aligned crops),
+    so at most one full-resolution output exists at a time.
+    """
+
+    images: Iterator[Image.Image]
+    faces: int
+
+
+@dataclass
 class _Prepared:
     photo: np.ndarray  # the input, HxWx3 uint8
     crops: np.ndarray  # [F,S,S,3] uint8 faces at the model's resolution
@@ -48,18 +73,45 @@ class _Prepared:
     masks: list[np.ndarray]  # feathered SxS mask per face (whole photos only)
 
 
-def to_array(image: ImageLike) -> np.ndarray:
-    """An HxWx3 uint8 RGB array from a PIL image (EXIF orientation applied) or an array (gray/RGBA accepted)."""
+def to_array(image: ImageLike, max_pixels: int | None = None) -> np.ndarray:
+    """An HxWx3 uint8 RGB array from a PIL image (EXIF orientation applied), an image file or an array.
+
+    Arrays may be HxW gray, HxWx1, HxWx3 or HxWx4 (alpha dropped), uint8. ``max_pixels`` refuses bigger
+    images (:class:`~faceage.data.imageio.ImageTooLargeError`) before a file or a lazily opened PIL image
+    is decoded.
+    """
+    if isinstance(image, str | os.PathLike):
+        return read_image(image, max_pixels=max_pixels)
     if isinstance(image, Image.Image):
+        check_pixels(getattr(image, "filename", "") or "PIL image", image.size, max_pixels)
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    if not isinstance(image, np.ndarray) and not hasattr(image, "__array__"):
+        raise TypeError(
+            f"an image is a PIL image, an HxWx3 uint8 array or an image file path, got {type(image).__name__}"
+        )
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8 RGB, got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
+        raise ValueError(
+            f"image arrays must be uint8 (0-255), got dtype {arr.dtype}; "
+            "convert floats in [0, 1] with (a * 255).round().astype(np.uint8)"
+        )
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1):
+        arr = np.repeat(arr.reshape(*arr.shape[:2], 1), 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"image arrays must be HxWx3 (RGB), got shape {arr.shape}")
+        hint = "; channels go last: a.transpose(1, 2, 0)" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise ValueError(f"image arrays must be HxWx3 (RGB), HxWx4 or HxW (gray), got shape {arr.shape}{hint}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"the image is empty: shape {arr.shape}")
+    check_pixels("image array", (arr.shape[1], arr.shape[0]), max_pixels)
     return np.ascontiguousarray(arr[..., :3])
+
+
+def _as_age(to: Target) -> float | None:
+    """The age in years a target names, or None when it is a group label."""
+    if isinstance(to, int | float | np.number):
+        return float(to)
+    text = str(to).strip()
+    return float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else None
 
 
 def _align_preset(align: dict | str | None) -> str:
@@ -71,11 +123,28 @@ def _align_preset(align: dict | str | None) -> str:
 class Ager:
     """A face-aging generator with its age scheme and face alignment: photos in, aged photos out."""
 
-    def __init__(self, backend: TorchBackend | OnnxBackend, meta: dict, source: str = "", batch_size: int = 16):
+    def __init__(
+        self,
+        backend: TorchBackend | OnnxBackend,
+        meta: dict,
+        source: str = "",
+        batch_size: int = 16,
+        max_pixels: int | None = MAX_PIXELS,
+    ):
+        missing = sorted({"scheme", "image_size"} - set(meta))
+        if missing:
+            raise ValueError(
+                f"model {source or meta.get('model')} has no {', '.join(missing)} in its meta; re-export it"
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive integer or None (no limit), got {max_pixels!r}")
         self.backend = backend
         self.meta = meta
         self.source = source
         self.batch_size = batch_size
+        self.max_pixels = max_pixels
         self.scheme = AgeScheme.from_dict(meta["scheme"])
         self.image_size = int(meta["image_size"])
         self.align_preset = _align_preset(meta.get("align"))
@@ -93,14 +162,37 @@ class Ager:
 
     def group(self, to: Target) -> int:
         """The group index for an age in years (``70``) or a group label (``"30-39"``) of this model."""
+        if isinstance(to, bool) or not isinstance(to, int | float | str | np.number):
+            raise TypeError(
+                f"a target is one age in years (70) or one group label ({self.labels[-1]!r}), got "
+                f"{type(to).__name__} {to!r}; for several targets use transform(), stream() or age_many()"
+            )
         try:
-            return self.scheme.parse(to)
+            group = self.scheme.parse(to)
         except ValueError as e:
             raise ValueError(f"bad target age {to!r}: {e}") from None
+        age = _as_age(to)
+        if age is not None and not (math.isfinite(age) and 0 <= age <= MAX_TARGET_AGE):
+            raise ValueError(
+                f"bad target age {to!r}: ages go from 0 to {MAX_TARGET_AGE} years; groups: {', '.join(self.labels)}"
+            )
+        return group
+
+    def groups(self, targets: Iterable[Target]) -> list[int]:
+        """Group indices of several targets (a list of ages or labels, not one bare target)."""
+        if isinstance(targets, str | bytes) or not isinstance(targets, Iterable):
+            raise TypeError(
+                f"targets must be a list of ages or group labels, got {type(targets).__name__} {targets!r}; "
+                f"for one target write [{targets!r}]"
+            )
+        groups = [self.group(t) for t in targets]
+        if not groups:
+            raise ValueError(f"no targets given: pass at least one age (70) or group label ({self.labels[-1]!r})")
+        return groups
 
     def age(self, image: ImageLike, to: Target, *, aligned: bool = False, largest: bool = False) -> Image.Image:
         """``image`` with its faces (or the largest) aged to ``to``; same size as the input."""
-        return self.transform(image, [to], aligned=aligned, largest=largest).images[0]
+        return next(self.stream(image, [to], aligned=aligned, largest=largest).images)
 
     def age_many(
         self,
@@ -112,36 +204,69 @@ class Ager:
     ) -> list[list[Image.Image]]:
         """Several images to several targets in shared generator batches; ``result[i][j]`` is image i at target j.
 
-        Raises :class:`NoFaceError` when any photo has no face (use :meth:`transform` per photo to go on).
+        The result holds every output at once; for big photos and many targets prefer :meth:`stream`, which
+        makes one output at a time. Raises :class:`NoFaceError` when any photo has no face (use
+        :meth:`stream` per photo to go on).
         """
-        groups = [self.group(t) for t in targets]
-        prepared = [self._prepare(to_array(im), aligned, largest) for im in images]
+        groups = self.groups(targets)
+        one_image = isinstance(images, str | os.PathLike | Image.Image)
+        if one_image or (isinstance(images, np.ndarray) and images.ndim != 4):  # a 4-d array is a batch
+            raise TypeError("age_many takes a list of images; for one image use age() or stream(), or pass [image]")
+        prepared = [self._prepare(to_array(im, self.max_pixels), aligned, largest) for im in images]
+        if not prepared:
+            raise ValueError("no images given: age_many needs a list of at least one image")
         counts = [len(p.crops) for p in prepared]
         generated = self.generate(np.concatenate([p.crops for p in prepared]), groups)
         splits = np.split(generated, np.cumsum(counts)[:-1])
-        return [self._finish(p, g) for p, g in zip(prepared, splits, strict=True)]
+        return [[self._render(p, g[:, j]) for j in range(len(groups))] for p, g in zip(prepared, splits, strict=True)]
 
     def transform(
         self, image: ImageLike, targets: Sequence[Target], *, aligned: bool = False, largest: bool = False
     ) -> AgedPhoto:
-        """One image to several targets, with the number of faces that were aged."""
-        groups = [self.group(t) for t in targets]
-        prepared = self._prepare(to_array(image), aligned, largest)
-        return AgedPhoto(self._finish(prepared, self.generate(prepared.crops, groups)), faces=len(prepared.crops))
+        """One image to several targets, with the number of faces that were aged (all outputs held at once)."""
+        aged = self.stream(image, targets, aligned=aligned, largest=largest)
+        return AgedPhoto(list(aged.images), faces=aged.faces)
+
+    def stream(
+        self, image: ImageLike, targets: Sequence[Target], *, aligned: bool = False, largest: bool = False
+    ) -> AgedStream:
+        """One image to several targets, one output at a time: ``for out in ager.stream(img, [20, 70]).images``.
+
+        The photo is decoded and its faces found and aligned once, here; each output is made when asked for
+        (the generator runs on as many targets at once as fill a batch), so memory does not grow with the
+        number of targets.
+        """
+        groups = self.groups(targets)
+        prepared = self._prepare(to_array(image, self.max_pixels), aligned, largest)
+        return AgedStream(self._outputs(prepared, groups), faces=len(prepared.crops))
 
     def progression(self, image: ImageLike, *, aligned: bool = False) -> Image.Image:
         """A labelled strip of the face (the largest one in a photo) aged to every group of the model."""
-        prepared = self._prepare(to_array(image), aligned, largest=True)
+        prepared = self._prepare(to_array(image, self.max_pixels), aligned, largest=True)
         generated = self.generate(prepared.crops[:1], list(range(self.scheme.num_groups)))[0]
         tiles = [np.clip(np.rint(g), 0, 255).astype(np.uint8) for g in generated]
         return progression_strip(tiles, self.labels)
 
     def generate(self, crops: np.ndarray, groups: Sequence[int]) -> np.ndarray:
-        """Aligned crops ``[F,S,S,3]`` uint8 aged to each group: ``[F,T,S,S,3]`` float32 in 0..255."""
+        """Aligned crops ``[F,S,S,3]`` uint8 aged to each group index: ``[F,T,S,S,3]`` float32 in 0..255."""
         s = self.image_size
-        assert crops.shape[1:] == (s, s, 3), f"crops must be [F,{s},{s},3], got {crops.shape}"
-        faces = np.repeat(np.arange(len(crops)), len(groups))
-        targets = np.tile(np.asarray(groups, dtype=np.int64), len(crops))
+        crops = np.asarray(crops)
+        if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (s, s, 3):
+            raise ValueError(
+                f"crops must be uint8 [F, {s}, {s}, 3] aligned faces at the model's resolution, got {crops.dtype} "
+                f"{crops.shape}; age(image, to, aligned=True) resizes a crop of another size"
+            )
+        targets = np.asarray(groups)
+        n = self.scheme.num_groups
+        if targets.ndim != 1 or not len(targets) or not np.issubdtype(targets.dtype, np.integer):
+            raise ValueError(f"groups must be a non-empty list of group indices, got {groups!r}")
+        if targets.min() < 0 or targets.max() >= n:
+            raise ValueError(
+                f"group indices must be 0..{n - 1} ({', '.join(self.labels)}), got {list(groups)}; "
+                "ager.group(70) maps an age to its index"
+            )
+        faces = np.repeat(np.arange(len(crops)), len(targets))
+        targets = np.tile(targets.astype(np.int64), len(crops))
         out = np.empty((len(faces), s, s, 3), dtype=np.float32)
         for i in range(0, len(faces), self.batch_size):
             x = crops[faces[i : i + self.batch_size]].astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
@@ -158,25 +283,30 @@ class Ager:
 
         faces = detect(photo, largest=largest)
         if not faces:
-            raise NoFaceError("no face found (pass --aligned if the image is already an aligned face crop)")
+            raise NoFaceError("no face found (pass --aligned / aligned=True if the image is an aligned face crop)")
         aligned_faces = [align(photo, f.landmarks, s, preset=self.align_preset) for f in faces]
         masks = [face_mask(a.landmarks, s) for a in aligned_faces]
         return _Prepared(photo, np.stack([a.image for a in aligned_faces]), aligned_faces, masks)
 
-    def _finish(self, prepared: _Prepared, generated: np.ndarray) -> list[Image.Image]:
+    def _outputs(self, prepared: _Prepared, groups: list[int]) -> Iterator[Image.Image]:
+        """Each group's output in turn; the generator runs on as many groups at once as fill one batch."""
+        per_batch = max(1, self.batch_size // len(prepared.crops))
+        for start in range(0, len(groups), per_batch):
+            generated = self.generate(prepared.crops, groups[start : start + per_batch])
+            for j in range(generated.shape[1]):
+                yield self._render(prepared, generated[:, j])
+
+    def _render(self, prepared: _Prepared, generated: np.ndarray) -> Image.Image:
+        """The output for one target from its generated faces ``[F,S,S,3]`` float: a resized crop or a pasted photo."""
         h, w = prepared.photo.shape[:2]
-        outputs = []
-        for j in range(generated.shape[1]):
-            if prepared.aligned is None:
-                crop = np.clip(np.rint(generated[0, j]), 0, 255).astype(np.uint8)
-                outputs.append(Image.fromarray(crop if crop.shape[:2] == (h, w) else _resize(crop, w, h)))
-                continue
-            pieces = [
-                (a.matrix, m, match_colour(generated[f, j], a.image, m))
-                for f, (a, m) in enumerate(zip(prepared.aligned, prepared.masks, strict=True))
-            ]
-            outputs.append(Image.fromarray(paste_faces(prepared.photo, pieces)))
-        return outputs
+        if prepared.aligned is None:
+            crop = np.clip(np.rint(generated[0]), 0, 255).astype(np.uint8)
+            return Image.fromarray(crop if crop.shape[:2] == (h, w) else _resize(crop, w, h))
+        pieces = [
+            (a.matrix, m, match_colour(generated[f], a.image, m))
+            for f, (a, m) in enumerate(zip(prepared.aligned, prepared.masks, strict=True))
+        ]
+        return paste_faces_to_image(prepared.photo, pieces)
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -188,16 +318,24 @@ def load(
     device: str | torch.device | None = None,
     *,
     backend: str | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
+    max_pixels: int | None = MAX_PIXELS,
 ) -> Ager:
     """An :class:`Ager` for the bundled model (``None``), a model name, a folder, a checkpoint or an .onnx file.
 
     ``backend`` is ``"torch"`` or ``"onnx"`` (default: onnx for an .onnx file, torch otherwise; with onnx a
-    folder's ``model.onnx`` is used); ``precision="bf16"`` runs torch under bf16 autocast (faster on CPUs
-    with AMX and on GPUs).
+    folder's ``model.onnx`` is used). ``precision`` is "auto" (bf16 autocast on CUDA and on CPUs with AMX,
+    where it is faster; fp32 elsewhere and with onnx), "fp32" or "bf16" (torch only); ``repr(ager)`` shows
+    what was picked. ``max_pixels`` (default :data:`MAX_PIXELS`, None for no limit of faceage's own) refuses
+    bigger photos before decoding them; above Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP)
+    raise that too.
     """
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    device = _device(device)
     path = resolve_model(name_or_path)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backend = backend or ("onnx" if path.suffix == ".onnx" else "torch")
     if backend == "onnx":
         from faceage.infer.export import read_onnx_meta
@@ -207,14 +345,28 @@ def load(
             raise ModelNotFoundError(
                 f"{path} is not an ONNX model; export one with `faceage export --model {path} --onnx MODEL.onnx`"
             )
-        if precision != "fp32":
-            raise ValueError(f"the onnx backend runs the exported fp32 graph; precision {precision!r} is torch-only")
-        return Ager(OnnxBackend(onnx_path, device), read_onnx_meta(onnx_path), source=str(onnx_path))
-    if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        if precision == "bf16":
+            raise ValueError("the onnx backend runs the exported fp32 graph; precision 'bf16' is torch-only")
+        meta = read_onnx_meta(onnx_path)
+        return Ager(OnnxBackend(onnx_path, device, precision), meta, source=str(onnx_path), max_pixels=max_pixels)
     if path.suffix == ".onnx":
         raise ValueError(f"{path} is an ONNX file: run it with backend 'onnx'")
     from faceage.models.pretrained import load_generator
 
     generator, meta = load_generator(path, device)
-    return Ager(TorchBackend(generator, precision), meta, source=str(path))
+    return Ager(TorchBackend(generator, precision), meta, source=str(path), max_pixels=max_pixels)
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """``device`` checked (a typo or an absent GPU fails here, clearly); None: cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but this torch sees no CUDA device; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -11,46 +11,58 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+from faceage.precision import PRECISIONS, autocast, resolve_precision
+
+
+def check_batch(images: np.ndarray, targets: np.ndarray) -> None:
+    """Raise ValueError unless ``images`` is ``[B,3,S,S]`` and ``targets`` holds one group index per image."""
+    images, targets = np.asarray(images), np.asarray(targets)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a [B, 3, S, S] batch (channels first, in [-1, 1]), got shape {images.shape}")
+    if targets.shape != (images.shape[0],):
+        raise ValueError(f"need one target group per image: {images.shape[0]} images, targets of shape {targets.shape}")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"targets must be integer group indices, got dtype {targets.dtype}")
 
 
 class TorchBackend:
     """Runs a torch generator eagerly on its device, in fp32 or under bf16 autocast.
 
-    The generator is switched (in place) to channels-last memory format: oneDNN and cuDNN convolutions
-    run 2-3x faster on it than on the default layout, with the same results up to float rounding.
+    ``precision`` is "auto" (bf16 only where it is faster: see :mod:`faceage.precision`), "fp32" or "bf16";
+    ``precision`` then holds what was picked and ``precision_why`` why. The generator is switched (in place)
+    to channels-last memory format: oneDNN and cuDNN convolutions run 2-3x faster on it than on the default
+    layout, with the same results up to float rounding.
     """
 
     name = "torch"
 
-    def __init__(self, generator: torch.nn.Module, precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-        self.generator = generator.eval().to(memory_format=torch.channels_last)
-        self.precision = precision
+    def __init__(self, generator: torch.nn.Module, precision: str = "auto") -> None:
         param = next(generator.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
+        self.precision, self.precision_why = resolve_precision(precision, self.device)
+        self.generator = generator.eval().to(memory_format=torch.channels_last)
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        check_batch(images, targets)
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
         x = x.contiguous(memory_format=torch.channels_last)
         t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64)).to(self.device)
-        assert x.ndim == 4 and x.shape[1] == 3 and t.shape == (x.shape[0],), (x.shape, t.shape)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
-        ):
+        with torch.inference_mode(), autocast(self.precision, self.device):
             y = self.generator(x, t)
         assert y.shape == x.shape, f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}"
         return y.float().cpu().numpy()
 
 
 class OnnxBackend:
-    """Runs an ONNX generator exported by ``faceage export --onnx`` with onnxruntime."""
+    """Runs an ONNX generator exported by ``faceage export --onnx`` with onnxruntime (always fp32)."""
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        if precision == "bf16":
+            raise ValueError("the onnx backend runs the exported fp32 graph; use precision 'fp32' or 'auto'")
         try:
             import onnxruntime as ort
         except ImportError:
@@ -59,15 +71,17 @@ class OnnxBackend:
         if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         self.path = Path(path)
-        self.precision = "fp32"
+        self.precision, self.precision_why = "fp32", "the exported ONNX graph is fp32"
         self.session = ort.InferenceSession(str(self.path), providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        check_batch(images, targets)
         feed = {
             self.inputs[0]: np.ascontiguousarray(images, dtype=np.float32),
             self.inputs[1]: np.ascontiguousarray(targets, dtype=np.int64),
         }
         (y,) = self.session.run(None, feed)
-        assert y.shape == images.shape, f"onnx model returned {y.shape} for input {images.shape}"
+        if y.shape != images.shape:  # a hand-made or foreign .onnx file, not one of faceage export's
+            raise ValueError(f"ONNX model {self.path} returned shape {y.shape} for input {images.shape}")
         return y

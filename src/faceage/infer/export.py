@@ -61,13 +61,21 @@ def export_onnx(generator: torch.nn.Module, meta: dict, path: str | Path, *, ops
 
 
 def read_onnx_meta(path: str | Path) -> dict:
-    """The faceage meta stored in an ONNX file by :func:`export_onnx`."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
+    """The faceage meta stored in an ONNX file by :func:`export_onnx`; ValueError for other files."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("reading .onnx models needs onnx and onnxruntime: pip install 'faceage[onnx]'") from None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError (and others) on bytes that are not a model
+        raise ValueError(f"{path} is not a readable ONNX file ({type(e).__name__}: {e})") from None
     for entry in proto.metadata_props:
         if entry.key == META_KEY:
-            return json.loads(entry.value)
+            try:
+                return json.loads(entry.value)
+            except ValueError:
+                raise ValueError(f"{path}: its {META_KEY} entry is not JSON; export it again") from None
     raise ValueError(f"{path} has no faceage meta; export it with `faceage export --model MODEL --onnx {path}`")
 
 

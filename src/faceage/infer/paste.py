@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 # Mask weights below this change no pixel after rounding (255 * w < 0.5), so they are treated as zero.
 MIN_ALPHA = 1 / 512
@@ -44,26 +45,47 @@ def face_window(matrix: np.ndarray, size: int, shape: tuple[int, ...], margin: i
 
 
 def paste_faces(photo: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Blend aged crops into ``photo`` (HxWx3 uint8); each piece is ``(matrix, mask SxS, crop SxSx3 float)``.
+    """Blend aged crops into a copy of ``photo`` (HxWx3 uint8); each piece is ``(matrix, mask SxS, crop SxSx3 float)``.
 
     ``matrix`` maps photo coordinates to crop coordinates (``faceage.face.align``). Only the window each
     crop covers is warped, so the cost does not grow with the photo's size.
     """
-    from faceage.face import unalign
-
     result = photo.copy()
     for matrix, mask, crop in pieces:
         x0, y0, x1, y1 = face_window(matrix, mask.shape[0], photo.shape)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        local = matrix.astype(np.float64).copy()
-        local[:, 2] += local[:, :2] @ np.array([x0, y0], dtype=np.float64)
-        stacked = np.concatenate([crop, mask[..., None]], axis=2).astype(np.float32)
-        warped, coverage = unalign(stacked, local, (y1 - y0, x1 - x0))
-        alpha = np.clip(warped[..., 3], 0, 1) * np.clip(coverage, 0, 1)
-        inside = alpha >= MIN_ALPHA
-        region = result[y0:y1, x0:x1]
-        before = region[inside].astype(np.float32)
-        blended = before + (warped[..., :3][inside] - before) * alpha[inside][:, None]
-        region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        if x1 > x0 and y1 > y0:
+            blend_face(result[y0:y1, x0:x1], (x0, y0), matrix, mask, crop)
     return result
+
+
+def paste_faces_to_image(photo: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Image.Image:
+    """:func:`paste_faces` with the result as a PIL image: the same pixels, one full-size copy fewer.
+
+    The photo is copied once, straight into Pillow's image; each face window is read back, blended and pasted.
+    A NumPy copy turned into a PIL image would hold two full-size copies at once (72 + 96 MB for 24 MP).
+    """
+    image = Image.fromarray(photo)
+    for matrix, mask, crop in pieces:
+        x0, y0, x1, y1 = face_window(matrix, mask.shape[0], photo.shape)
+        if x1 > x0 and y1 > y0:
+            region = np.array(image.crop((x0, y0, x1, y1)))
+            blend_face(region, (x0, y0), matrix, mask, crop)
+            image.paste(Image.fromarray(region), (x0, y0))
+    return image
+
+
+def blend_face(
+    region: np.ndarray, origin: tuple[int, int], matrix: np.ndarray, mask: np.ndarray, crop: np.ndarray
+) -> None:
+    """Blend one aged crop, in place, into ``region``: the window of the photo whose top-left pixel is ``origin``."""
+    from faceage.face import unalign
+
+    local = matrix.astype(np.float64).copy()
+    local[:, 2] += local[:, :2] @ np.array(origin, dtype=np.float64)
+    stacked = np.concatenate([crop, mask[..., None]], axis=2).astype(np.float32)
+    warped, coverage = unalign(stacked, local, region.shape[:2])
+    alpha = np.clip(warped[..., 3], 0, 1) * np.clip(coverage, 0, 1)
+    inside = alpha >= MIN_ALPHA
+    before = region[inside].astype(np.float32)
+    blended = before + (warped[..., :3][inside] - before) * alpha[inside][:, None]
+    region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)

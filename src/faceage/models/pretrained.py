@@ -48,11 +48,20 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
     folder = Path(folder)
     if not is_pretrained_dir(folder):
         raise FileNotFoundError(f"{folder} is not a faceage model folder (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
-    meta = json.loads((folder / CONFIG_NAME).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-    generator = get_model(meta["model"]).build_generator(meta["model_config"])
-    generator.load_state_dict(load_file(str(folder / WEIGHTS_NAME), device="cpu"))
+    try:
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON ({e}); export the model again") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ValueError(f"{folder}: format_version {version} is not {FORMAT_VERSION}")
+    _check_meta(meta, folder / CONFIG_NAME)
+    generator = _build(meta, folder / CONFIG_NAME)
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError on a damaged file
+        raise ValueError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({e})") from None
+    generator.load_state_dict(state)
     return generator.to(device).eval(), meta
 
 
@@ -60,20 +69,43 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     """A generator from an exported folder or a training checkpoint (``.pt``), with its meta.
 
     A checkpoint is plain data (see ``faceage.train.checkpoint``) holding the same meta keys as
-    ``config.json`` plus ``networks``; its EMA generator is preferred when present.
+    ``config.json`` plus ``networks``; its EMA generator is preferred when present. A file that is not a
+    faceage model raises ValueError naming it; weights that do not fit the architecture, RuntimeError.
     """
     path = Path(path)
     if path.is_dir():
         return load_pretrained(path, device)
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: expected an exported folder or a checkpoint .pt file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch's weights-only unpickler each raise their own types
+        raise ValueError(f"{path} is not a faceage checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     try:
         meta = {k: ckpt[k] for k in ("model", "model_config", "scheme", "image_size")}
         networks = ckpt["networks"]
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a faceage checkpoint (missing {e})") from None
     meta["align"] = ckpt.get("align")
-    generator = get_model(meta["model"]).build_generator(meta["model_config"])
-    generator.load_state_dict(networks["generator_ema"] if "generator_ema" in networks else networks["generator"])
+    weights = networks.get("generator_ema", networks.get("generator")) if isinstance(networks, dict) else None
+    if weights is None:
+        raise ValueError(f"{path} holds no generator weights (networks: {sorted(networks or [])})")
+    generator = _build(meta, path)
+    generator.load_state_dict(weights)
     return generator.to(device).eval(), meta
+
+
+def _check_meta(meta: dict, where: Path) -> None:
+    missing = sorted({"model", "model_config", "scheme", "image_size"} - set(meta))
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}; export the model again")
+
+
+def _build(meta: dict, where: Path) -> torch.nn.Module:
+    """The (untrained) generator that ``meta`` describes; an unknown model name or config fails naming ``where``."""
+    try:
+        return get_model(meta["model"]).build_generator(meta["model_config"])
+    except KeyError as e:  # get_model's message lists the known models
+        raise ValueError(f"{where}: {e.args[0]}") from None
+    except TypeError as e:  # a config key this version does not know
+        raise ValueError(f"{where}: model_config does not fit {meta['model']!r} ({e})") from None

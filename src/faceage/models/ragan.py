@@ -228,7 +228,8 @@ class RAGANGenerator(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """``f_id`` and the encoder features shared with the decoder."""
         s = self.image_size
-        assert x.shape[1:] == (3, s, s), f"RAGAN expects [B, 3, {s}, {s}] images, got {tuple(x.shape)}"
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, s, s):  # a user's tensor: a clear error even under python -O
+            raise ValueError(f"RAGAN expects [B, 3, {s}, {s}] images in [-1, 1], got shape {tuple(x.shape)}")
         return self.encoder(x)
 
     def decode(self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
