@@ -76,3 +76,26 @@ def test_verification_rate_counts_strictly_below():
     assert M.verification_rate(np.array([0.1, 0.6, 0.7, 0.59]), 0.6) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         M.verification_rate(np.array([]), 0.6)
+
+
+def test_max_chroma_is_zero_for_grayscale_and_finds_one_coloured_pixel():
+    from faceage.eval.metrics import max_chroma
+
+    gray = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
+    assert max_chroma(gray) == 0
+    gray[3, 4] = (120, 100, 130)
+    assert max_chroma(gray) == 30
+
+
+def test_highpass_correlation_keeps_detail_and_not_a_soft_upscale():
+    from PIL import Image
+
+    from faceage.eval.metrics import highpass_correlation
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    assert highpass_correlation(sharp, sharp) == pytest.approx(1.0)
+    soft = np.asarray(Image.fromarray(sharp).resize((32, 32), Image.BILINEAR).resize((128, 128), Image.BICUBIC))
+    assert highpass_correlation(sharp, soft) < 0.5
+    brighter = np.clip(sharp.astype(int) + 10, 0, 255).astype(np.uint8)  # a colour change keeps the detail
+    assert highpass_correlation(sharp, brighter) > 0.95

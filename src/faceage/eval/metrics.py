@@ -149,3 +149,30 @@ def mean_std(values: np.ndarray) -> tuple[float, float]:
     if len(v) == 0:
         raise ValueError("mean_std got an empty array")
     return float(v.mean()), float(v.std())
+
+
+def max_chroma(image: np.ndarray) -> int:
+    """The largest ``max(R, G, B) - min(R, G, B)`` of a uint8 HxWx3 image (0-255): 0 for a grayscale picture."""
+    x = np.asarray(image)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f"max_chroma needs an HxWx3 image, got shape {x.shape}")
+    x = x.astype(np.int16)
+    return int((x.max(axis=2) - x.min(axis=2)).max())
+
+
+def highpass_correlation(a: np.ndarray, b: np.ndarray, sigma: float = 1.0) -> float:
+    """Pearson correlation of the fine detail of two same-size images: luminance minus its Gaussian blur
+    (``sigma`` px). 1.0 when ``b`` keeps ``a``'s pores, hair and edges; near 0 when it is a soft upscale."""
+    from scipy.ndimage import gaussian_filter
+
+    if np.shape(a) != np.shape(b) or np.ndim(a) not in (2, 3):
+        raise ValueError(f"highpass_correlation needs two same-size images, got {np.shape(a)} and {np.shape(b)}")
+
+    def detail(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        y = x @ np.array([0.299, 0.587, 0.114]) if x.ndim == 3 else x
+        return (y - gaussian_filter(y, sigma)).ravel()
+
+    da, db = detail(a), detail(b)
+    denom = np.sqrt((da * da).sum() * (db * db).sum())
+    return float((da * db).sum() / denom) if denom > 0 else 0.0
