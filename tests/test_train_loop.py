@@ -16,6 +16,7 @@ from PIL import Image
 
 from faceage.cli import main
 from faceage.models.pretrained import load_generator
+from faceage.provenance import read_provenance
 from faceage.train.checkpoint import load_checkpoint
 from faceage.train.config import load_config
 from faceage.train.data import EpochSampler
@@ -52,6 +53,9 @@ def test_run_writes_config_checkpoint_grids_metrics_and_tensorboard(synth_cache3
     assert [g.name for g in grids] == ["step_0000002.png", "step_0000004.png"]
     # 2 validation faces (rows) x (input + 4 age groups) (columns) of 32 px, under a label strip
     assert Image.open(grids[-1]).size == (5 * 32, HEADER + 2 * 32)
+    label = read_provenance(grids[-1])  # a grid of generated faces says so in the file
+    assert label["digital_source_type"].endswith("trainedAlgorithmicMedia"), label
+    assert label["faceage:model"] == "ragan run run at step 4", label
 
     state = load_checkpoint(checkpoint_path(out))  # weights_only=True
     assert state["step"] == 4 and state["model"] == "ragan" and state["image_size"] == 32

@@ -39,6 +39,7 @@ from faceage.data.loader import FaceDataset
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import get_model
 from faceage.precision import autocast, resolve_precision
+from faceage.provenance import Provenance, save_png
 from faceage.train import checkpoint as ckpt
 from faceage.train import distributed as ddp
 from faceage.train.config import RunConfig, TrainConfig
@@ -155,7 +156,9 @@ class Trainer:
                 damaged = ckpt.set_aside(checkpoint_path(self.out))  # else the next save would keep it as prev.pt
                 if damaged:
                     print(f"moved the unreadable last checkpoint to {damaged}", file=sys.stderr)
-        logger = _Logger(self.out, tc, self.dist.world, self.step) if main else None
+        logger = (
+            _Logger(self.out, tc, self.dist.world, self.step, f"{self.cfg.model} run {self.out.name}") if main else None
+        )
         stream = self._batches()
         with _stop_on_signals(self):
             while self.step < tc.steps:
@@ -266,10 +269,10 @@ class Trainer:
 class _Logger:
     """Rank 0's outputs: progress bar (img/s, ETA), TensorBoard scalars and images, metrics.jsonl, PNG grids."""
 
-    def __init__(self, out: Path, tc: TrainConfig, world: int, step: int) -> None:
+    def __init__(self, out: Path, tc: TrainConfig, world: int, step: int, model_name: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.out, self.tc = out, tc
+        self.out, self.tc, self.model_name = out, tc, model_name
         self.images_per_step = tc.batch_size * world
         self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
         self.bar = tqdm(
@@ -338,8 +341,9 @@ class _Logger:
         from PIL import Image
 
         path = self.out / "samples" / f"step_{step:07d}.png"
+        label = Provenance(model=f"{self.model_name} at step {step}", target="every age group")
         with atomic_open(path, "wb") as f:
-            Image.fromarray(picture.numpy()).save(f, format="PNG")
+            save_png(Image.fromarray(picture.numpy()), f, label)  # says in the file that its faces are synthetic
         self.writer.add_image("samples", picture, step, dataformats="HWC")
 
     def close(self) -> None:
