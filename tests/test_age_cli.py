@@ -125,6 +125,21 @@ def test_whole_photos_with_and_without_a_face(tiny_ragan_dir, tmp_path, capsys, 
     assert not wall["ok"] and wall["faces"] == 0 and "wall.png" in wall["error"] and "no face found" in wall["error"]
 
 
+def test_one_face_on_the_astronaut_and_a_detection_threshold(tiny_ragan_dir, tmp_path, capsys, astronaut):
+    """Without --largest the astronaut has one face (her mission patch is none); --detect-threshold is passed on."""
+    from faceage.infer.ager import DETECT_THRESHOLD
+
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
+    code, results, _ = _age(capsys, tiny_ragan_dir, tmp_path / "astronaut.png", "--to", 70, "--out", tmp_path / "o")
+    assert code == 0 and results[0]["faces"] == 1
+    argv = [tmp_path / "astronaut.png", "--to", 70, "--out", tmp_path / "p", "--detect-threshold", 1.5]
+    code, results, _ = _age(capsys, tiny_ragan_dir, *argv)
+    assert code == 2 and results[0]["faces"] == 0 and "no face found" in results[0]["error"]
+    parser = age_cli.argparse.ArgumentParser()
+    age_cli.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["age", "x.jpg"]).detect_threshold == DETECT_THRESHOLD
+
+
 def test_usage_errors_exit_2(tiny_ragan_dir, tmp_path, capsys, monkeypatch):
     a = _save(tmp_path / "a.png", 32, 32)
     assert main(["age", str(a), "--model", str(tiny_ragan_dir)]) == 2
@@ -157,13 +172,13 @@ def test_outputs_are_written_one_at_a_time(tiny_ragan_dir, tmp_path, capsys, mon
     written, alive_when_made = [], []
     save, paste = age_cli._Writer.save, ager_module.paste_faces_to_image
 
-    def watching_save(self, image, out, source):
+    def watching_save(self, image, out, source, job):
         written.append(weakref.ref(image))
-        save(self, image, out, source)
+        save(self, image, out, source, job)
 
-    def watching_paste(photo, pieces):
+    def watching_paste(photo, pieces, **kw):
         alive_when_made.append(sum(ref() is not None for ref in written))
-        return paste(photo, pieces)
+        return paste(photo, pieces, **kw)
 
     monkeypatch.setattr(age_cli._Writer, "save", watching_save)
     monkeypatch.setattr(ager_module, "paste_faces_to_image", watching_paste)
@@ -194,3 +209,17 @@ def test_demo_passes_precision_and_device(tiny_ragan_dir, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut_progression.png", "astronaut_to70.png"]
     assert main(["demo", "--model", str(tiny_ragan_dir), "--out", str(tmp_path), "--device", "gpu"]) == 2
     assert re.search("unknown device 'gpu'", capsys.readouterr().err)
+
+
+def test_every_output_says_it_is_synthetic(tiny_ragan_dir, tmp_path, capsys):
+    from faceage.provenance import TRAINED_ALGORITHMIC_MEDIA, read_provenance
+
+    chip = _save(tmp_path / "chip.png", 32, 32)
+    code, results, _ = _age(capsys, tiny_ragan_dir, chip, "--to", 70, "--aligned", "--progression", "--out", tmp_path)
+    assert code == 0
+    aged, strip = (read_provenance(r["output"]) for r in results)
+    for label in (aged, strip):
+        assert label["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+        assert label["faceage:model"] == str(tiny_ragan_dir) and label["Software"] == f"faceage {faceage.__version__}"
+    assert aged["faceage:target_age"] == "70" and aged["faceage:age_group"] == results[0]["group"]
+    assert strip["faceage:target_age"] == ", ".join(faceage.load(str(tiny_ragan_dir)).labels)

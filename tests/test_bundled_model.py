@@ -73,7 +73,7 @@ def test_bundled_age_estimator_judges_held_out_faces(held_out_faces, estimated_a
 
 def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_out_faces, estimated_ages):
     import faceage
-    from faceage.face.identity import dlib_embeddings, embedding_distance
+    from faceage.face.identity import dlib_embeddings, embedding_distance, face_chip
     from faceage.infer import NoFaceError
 
     ager = faceage.load(device="cpu")
@@ -91,5 +91,10 @@ def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_o
     assert len(inputs) >= 15
     before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
     assert younger < before - 10 and older > before + 20  # measured: 25.5 years -> 9.9 (to 5), 53.5 (to 70)
-    distance = embedding_distance(dlib_embeddings(inputs, aligned=False), dlib_embeddings(old, aligned=False))
-    assert (distance < 0.6).mean() >= 0.8  # measured 96%
+    # An output in which dlib finds no face counts as not verified.
+    found = [i for i, image in enumerate(old) if face_chip(image) is not None]
+    distance = embedding_distance(
+        dlib_embeddings([inputs[i] for i in found], aligned=False),
+        dlib_embeddings([old[i] for i in found], aligned=False),
+    )
+    assert (distance < 0.6).sum() >= 0.8 * len(old)  # measured 22 of 24 (one output has no face for dlib)

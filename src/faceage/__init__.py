@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -15,20 +15,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from faceage.infer.ager import Ager
 
 
-def load(
-    name_or_path: str | None = None,
-    device: str | None = None,
-    *,
-    backend: str | None = None,
-    precision: str = "auto",
-    max_pixels: int | None = MAX_PIXELS,
-) -> Ager:
+def load(name_or_path: str | None = None, device: str | None = None, **options: Any) -> Ager:
     """Load an ager: the bundled model by default, or a model name / checkpoint / exported folder / .onnx file.
 
-    ``precision`` "auto" picks bf16 autocast only where it is faster (CUDA, CPUs with AMX), else fp32;
-    ``max_pixels`` is the largest photo it will decode (None: no limit of faceage's own). See
-    :func:`faceage.infer.load`.
+    ``options`` are :func:`faceage.infer.load`'s: ``backend`` ("torch" or "onnx"), ``precision`` ("auto",
+    the default, picks bf16 autocast only where it is faster: CUDA, CPUs with AMX; else fp32), ``max_pixels``
+    (the largest photo it will decode, default :data:`MAX_PIXELS`; None: no limit of faceage's own) and
+    ``detect_threshold`` (the dlib HOG score a detection needs to be aged).
     """
     from faceage.infer.ager import load as _load
 
-    return _load(name_or_path, device=device, backend=backend, precision=precision, max_pixels=max_pixels)
+    return _load(name_or_path, device=device, **options)

@@ -9,6 +9,14 @@ px: speed does not depend on the weights.
 ``--rss`` adds the peak resident memory of ``faceage age PHOTO --to ...`` on a ``--photo-mp`` megapixel
 photo (the bundled astronaut upscaled, or ``--photo``) for each count of ``--rss-targets``, each in a fresh
 process: the figure that shows whether memory grows with the number of targets.
+
+``--quality`` prints what the photo pipeline keeps and changes instead of speed, for ``--model`` (default:
+the bundled model): the faces found in the bundled astronaut photo (one: her mission patch is no face) at
+its size and Lanczos-upscaled to 2048 px; the fine detail of the face kept when that 2048 px photo is aged
+(``faceage.eval.metrics.highpass_correlation`` of input and output over the face's box, sigma 1 px: 1.0 is
+every pore and hair kept; a plain round trip through the model's resolution for reference); and the largest
+chroma of grayscale photos aged to 70 (0 when they come back grayscale): the astronaut's and Grace Hopper's
+portraits at three scales, mirrored, or the images in ``--gray-photos DIR``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PHOTO_SIZE = (1024, 768)  # width, height of the whole-photo benchmark
 MAX_RSS_TARGETS = 100  # distinct whole-year target ages 1..100
+QUALITY_SIDE = 2048  # --quality: the astronaut photo is upscaled to this many pixels a side
+QUALITY_GRAY_PHOTOS = 12  # --quality: grayscale photos aged (the most taken from --gray-photos)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +70,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rss-targets", type=int, nargs="+", default=[1, 10], metavar="N",
         help="--rss: numbers of --to targets to measure, each in a fresh process (default 1 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quality", action="store_true",
+        help="print quality figures instead of speed: faces found in the astronaut, fine detail kept at 2048 px, "
+        "chroma of aged grayscale photos (model: --model, default the bundled one)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quality-targets", nargs="+", default=["70", "5"], metavar="AGE",
+        help="--quality: ages the 2048 px astronaut is aged to (default 70 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gray-photos", type=Path, metavar="DIR",
+        help=f"--quality: age grayscale versions of the first {QUALITY_GRAY_PHOTOS} images here (default: the "
+        "astronaut and Grace Hopper, three scales, mirrored)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -127,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
     from faceage.infer.ager import Ager
     from faceage.infer.backends import TorchBackend
 
+    if args.quality:
+        report = _quality(args)
+        _print_quality(report, args.json)
+        return 0
     if args.rss and not (0 < args.photo_mp <= 500 and all(1 <= n <= MAX_RSS_TARGETS for n in args.rss_targets)):
         raise CLIError(f"--photo-mp must be in (0, 500] and --rss-targets in 1..{MAX_RSS_TARGETS}")
     try:
@@ -179,6 +207,107 @@ def _whole_photo(ager, args: argparse.Namespace, backend: str) -> dict:
         "photo_detect_ms": [round(v, 1) for v in detect_ms],
         "photo_total_ms": [round(v, 1) for v in total_ms],
     }
+
+
+def _quality(args: argparse.Namespace) -> dict:
+    """The ``--quality`` figures (see the module's docstring)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from faceage.data.imageio import read_image
+    from faceage.eval.metrics import highpass_correlation
+    from faceage.infer import ModelNotFoundError, load
+    from faceage.paths import EXAMPLE_PHOTO
+
+    try:
+        ager = load(args.model, "cpu", precision=args.precision)
+    except (ModelNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    print(f"faceage bench age --quality: {ager}, {torch.get_num_threads()} threads", file=sys.stderr)
+    photo = read_image(args.photo or EXAMPLE_PHOTO)
+    scale = QUALITY_SIDE / max(photo.shape[:2])
+    size = (round(photo.shape[1] * scale), round(photo.shape[0] * scale))
+    big = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
+    faces = ager.detect(big)
+    if not faces:
+        raise CLIError(f"no face found in {args.photo or EXAMPLE_PHOTO} at {size[0]}x{size[1]}; pass --photo PATH")
+    x0, y0, x1, y1 = (int(round(v)) for v in faces[0].box)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size[0]), min(y1, size[1])
+    box = np.s_[y0:y1, x0:x1]
+    s = ager.image_size
+    round_trip = np.asarray(
+        Image.fromarray(big[box]).resize((s, s), Image.Resampling.LANCZOS).resize((x1 - x0, y1 - y0))
+    )
+    detail, change = {}, {}
+    for to in args.quality_targets:
+        out = np.asarray(ager.age(big, to, faces=faces[:1]))
+        detail[str(to)] = round(highpass_correlation(big[box], out[box]), 3)
+        change[str(to)] = round(float(np.abs(out[box].astype(np.int16) - big[box]).mean()), 2)
+        del out
+    return {
+        "model": str(ager),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "faces_found": {
+            f"{photo.shape[1]}x{photo.shape[0]}": len(ager.detect(photo)),
+            f"{size[0]}x{size[1]}": len(faces),
+        },
+        "face_box": [x0, y0, x1, y1],
+        "detail_kept": detail,
+        "detail_kept_round_trip": round(highpass_correlation(big[box], round_trip), 3),
+        "mean_change": change,
+        "gray_max_chroma": _gray_chroma(ager, args.gray_photos),
+    }
+
+
+def _gray_chroma(ager, folder: Path | None) -> list[int | None]:
+    """The largest chroma of each grayscale photo aged to 70 (None: no face found in it)."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    from faceage.data.imageio import read_image
+    from faceage.eval.metrics import max_chroma
+    from faceage.infer import NoFaceError
+    from faceage.paths import EXAMPLE_PHOTO
+
+    if folder is not None:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        grays = [Image.fromarray(read_image(f)).convert("L") for f in files[:QUALITY_GRAY_PHOTOS]]
+    else:
+        people = [read_image(EXAMPLE_PHOTO), read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))]
+        grays = []
+        for person in people:
+            gray = Image.fromarray(person).convert("L")
+            for zoom in (1.0, 0.6, 1.5):
+                scaled = gray.resize((round(gray.width * zoom), round(gray.height * zoom)), Image.Resampling.LANCZOS)
+                grays += [scaled, scaled.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    chroma = []
+    for gray in grays:
+        rgb = np.asarray(gray.convert("RGB"))  # a grayscale photo as a 3-channel array, as a gray JPEG decodes
+        try:
+            chroma.append(max_chroma(np.asarray(ager.age(rgb, 70))))
+        except NoFaceError:
+            chroma.append(None)
+    return chroma
+
+
+def _print_quality(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"model: {report['model']}  ({report['cpu']})")
+    print("faces found in the astronaut photo: " + ", ".join(f"{k}: {v}" for k, v in report["faces_found"].items()))
+    x0, y0, x1, y1 = report["face_box"]
+    print(f"fine detail kept at 2048 px (high-pass correlation, sigma 1 px, face box {x0},{y0},{x1},{y1}):")
+    for to, value in report["detail_kept"].items():
+        print(f"  aged to {to:>5s}: {value:.3f}   (mean |change| {report['mean_change'][to]:.1f} levels)")
+    print(f"  reference, a round trip through the model's resolution: {report['detail_kept_round_trip']:.3f}")
+    chroma = [c for c in report["gray_max_chroma"] if c is not None]
+    print(
+        f"grayscale photos aged to 70: {len(chroma)} with a face of {len(report['gray_max_chroma'])}; "
+        f"max chroma {max(chroma, default=0)} (per photo {chroma}); grayscale (<= 3): {sum(c <= 3 for c in chroma)}"
+    )
 
 
 def _peak_rss(args: argparse.Namespace, generator, meta: dict, workdir: Path) -> dict:

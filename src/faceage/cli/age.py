@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--progression", action="store_true", help="also write a labelled strip across every age group per input"
     )
     p.add_argument("--largest", action="store_true", help="age only the largest face in each photo")
+    p.add_argument(
+        "--detect-threshold", type=float, default=0.0, metavar="SCORE",
+        help="dlib HOG score a detection needs to be aged (default 0.0; weak ones below 0.5 must also be "
+        "confirmed by dlib's CNN, and every face needs a face's landmark layout)",
+    )  # fmt: skip
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for an .onnx model, torch otherwise")
     add_precision_argument(p)
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -89,13 +94,16 @@ def output_name(stem: str, target: str) -> str:
 
 
 class _Writer:
-    """Writes PNGs atomically, refusing to replace an input or an output already written in this run."""
+    """Writes PNGs atomically, each labelled synthetic (faceage.provenance), refusing to replace an input or an
+    output already written in this run."""
 
-    def __init__(self, inputs: list[Path]) -> None:
+    def __init__(self, inputs: list[Path], model: str, labels: list[str]) -> None:
         self.inputs = {p.resolve() for p in inputs}
         self.written: dict[Path, Path] = {}
+        self.model, self.labels = model, labels  # the model's name and age groups, for the files' labels
 
-    def save(self, image, out: Path, source: Path) -> None:
+    def save(self, image, out: Path, source: Path, job: tuple[str, str]) -> None:
+        from faceage.provenance import Provenance, save_png
         from faceage.utils import atomic_open
 
         resolved = out.resolve()
@@ -103,8 +111,9 @@ class _Writer:
             raise ValueError(f"output {out} would overwrite an input; choose another --out")
         if resolved in self.written:
             raise ValueError(f"output {out} was already written for {self.written[resolved]} (same file stem)")
+        target, group = (", ".join(self.labels), None) if job[0] == PROGRESSION else job
         with atomic_open(out, "wb") as f:  # encoded straight to the file: no second copy in memory
-            image.save(f, format="PNG")
+            save_png(image, f, Provenance(model=self.model, target=str(target), group=group))
         self.written[resolved] = source
 
 
@@ -161,7 +170,7 @@ def _process(ager, path: Path, args: argparse.Namespace, writer: _Writer) -> lis
 def _write(writer: _Writer, image, path: Path, job: tuple[str, str], out_dir: Path, faces: int) -> dict:
     out = out_dir / output_name(path.stem, job[0])
     try:
-        writer.save(image, out, path)
+        writer.save(image, out, path, job)
     except (OSError, ValueError) as e:
         return _result(path, job, error=str(e), faces=faces)
     return _result(path, job, output=out, faces=faces)
@@ -181,7 +190,14 @@ def run(args: argparse.Namespace) -> int:
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < args.max_pixels:
         Image.MAX_IMAGE_PIXELS = args.max_pixels
     try:
-        ager = load(args.model, args.device, backend=args.backend, precision=args.precision, max_pixels=args.max_pixels)
+        ager = load(
+            args.model,
+            args.device,
+            backend=args.backend,
+            precision=args.precision,
+            max_pixels=args.max_pixels,
+            detect_threshold=args.detect_threshold,
+        )
     except (ModelNotFoundError, ValueError, ImportError) as e:
         raise CLIError(str(e)) from None
     except RuntimeError as e:  # weights that do not fit the architecture (another faceage version)
@@ -193,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{e} (model {ager.source})") from None
     print(f"faceage age: {ager}; precision {ager.backend.precision} ({ager.backend.precision_why})", file=sys.stderr)
     expanded = list(expand_inputs(args.inputs))
-    writer = _Writer([p for p, err in expanded if err is None])
+    writer = _Writer([p for p, err in expanded if err is None], args.model or "bundled default", ager.labels)
     results: list[dict] = []
     for path, error in tqdm(expanded, desc="ageing", unit="image", file=sys.stderr, disable=None):
         if error is None:

@@ -41,7 +41,9 @@ def face_chip(image: np.ndarray, *, aligned: bool = False, detector: str = "hog"
     import dlib
 
     rgb = as_rgb(image)
-    faces = detect(rgb, detector=detector, largest=True, landmarks=5)
+    # dlib's own descriptor pipeline (detector + 5 landmarks + chip), without faceage's non-face checks: the
+    # descriptor judges whatever dlib calls a face, as dlib's reference would.
+    faces = detect(rgb, detector=detector, largest=True, landmarks=5, verify=False)
     if faces:
         box = faces[0].box
     elif aligned:

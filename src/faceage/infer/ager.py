@@ -1,8 +1,12 @@
 """The Python API for ageing photos: ``load(name_or_path)`` then ``ager.age(image, to=70)``.
 
 A whole photo is aged face by face: detect, align the way the model's training faces were aligned, run
-the generator, colour-match and paste each face back with a feathered mask. An already aligned crop
-(``aligned=True``) is resized to the model's resolution, aged and resized back. Nothing here imports
+the generator, colour-match, and add the model's change (aged crop minus input crop) to the photo through a
+feathered mask. The change is upsampled to the photo's own resolution and added to the photo's own pixels,
+so a face bigger than the model's crop keeps its skin and hair detail instead of coming back as a soft
+upscale. An already aligned crop (``aligned=True``) is resized to the model's resolution and aged; a crop
+bigger than that gets the change upsampled to its size the same way. A grayscale photo (every pixel
+R = G = B, give or take ``GRAY_CHROMA``) is aged in luminance and comes back grayscale. Nothing here imports
 the training package.
 
 Memory: a photo is decoded once; what is kept per face is its aligned crop and mask, and outputs are made
@@ -27,7 +31,7 @@ from faceage import MAX_PIXELS
 from faceage.data.imageio import check_pixels, read_image
 from faceage.groups import AgeScheme
 from faceage.infer.backends import OnnxBackend, TorchBackend
-from faceage.infer.paste import match_colour, paste_faces_to_image
+from faceage.infer.paste import LUMA, match_colour, paste_faces_to_image
 from faceage.infer.resolve import ModelNotFoundError, resolve_model
 from faceage.infer.strip import progression_strip
 from faceage.precision import PRECISIONS
@@ -38,6 +42,16 @@ BACKENDS = ("torch", "onnx")
 DEFAULT_ALIGN_PRESET = "utkface"
 # Target ages above this are typing mistakes, not ages (every age past the last bound is its open group).
 MAX_TARGET_AGE = 120
+# A photo whose pixels all have max(R,G,B) - min(R,G,B) at most this is grayscale (JPEG leaves 1-2 of chroma).
+GRAY_CHROMA = 2
+# PIL modes that hold a grayscale picture: an input in one of them comes back as an "L" image.
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")
+# The model's change is blurred by this many crop pixels before it is enlarged to the photo (see _smooth_change):
+# on the astronaut at 2048 px, fine detail kept (high-pass correlation) is 0.69 unblurred, 0.86 at 0.5, 0.95 at 0.8.
+CHANGE_SIGMA = 0.8
+# The dlib HOG score a detection needs to be aged (detect's threshold; dlib's own default). Detections below
+# faceage.face.detection.SURE_SCORE must also be confirmed by the CNN, and all need a face's landmark layout.
+DETECT_THRESHOLD = 0.0
 
 
 class NoFaceError(ValueError):
@@ -71,6 +85,8 @@ class _Prepared:
     crops: np.ndarray  # [F,S,S,3] uint8 faces at the model's resolution
     aligned: list | None  # faceage.face.Aligned per face; None when the input was an aligned crop
     masks: list[np.ndarray]  # feathered SxS mask per face (whole photos only)
+    gray: bool = False  # the photo is grayscale: outputs are made grayscale too
+    mode: str = "RGB"  # the PIL mode of the outputs: "L" for an input PIL image in a gray mode
 
 
 def to_array(image: ImageLike, max_pixels: int | None = None) -> np.ndarray:
@@ -106,6 +122,27 @@ def to_array(image: ImageLike, max_pixels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
+def _read(image: ImageLike, max_pixels: int | None) -> tuple[np.ndarray, str]:
+    """:func:`to_array` and the PIL mode outputs should have: "L" for a PIL image in a gray mode, else "RGB"."""
+    gray_mode = isinstance(image, Image.Image) and image.mode in GRAY_MODES
+    return to_array(image, max_pixels), "L" if gray_mode else "RGB"
+
+
+def is_gray(photo: np.ndarray, tolerance: int = GRAY_CHROMA) -> bool:
+    """Whether every pixel of an HxWx3 uint8 image has ``max(R,G,B) - min(R,G,B) <= tolerance``.
+
+    A sparse sample is looked at first (a colour photo is told apart at once), then every row in bands, so no
+    full-size temporary is made.
+    """
+
+    def chroma(x: np.ndarray) -> int:
+        return int((x.max(axis=-1).astype(np.int16) - x.min(axis=-1)).max(initial=0))
+
+    if chroma(photo[::7, ::7]) > tolerance:
+        return False
+    return all(chroma(photo[i : i + 256]) <= tolerance for i in range(0, photo.shape[0], 256))
+
+
 def _as_age(to: Target) -> float | None:
     """The age in years a target names, or None when it is a group label."""
     if isinstance(to, int | float | np.number):
@@ -130,6 +167,7 @@ class Ager:
         source: str = "",
         batch_size: int = 16,
         max_pixels: int | None = MAX_PIXELS,
+        detect_threshold: float = DETECT_THRESHOLD,
     ):
         missing = sorted({"scheme", "image_size"} - set(meta))
         if missing:
@@ -145,6 +183,7 @@ class Ager:
         self.source = source
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.detect_threshold = float(detect_threshold)
         self.scheme = AgeScheme.from_dict(meta["scheme"])
         self.image_size = int(meta["image_size"])
         self.align_preset = _align_preset(meta.get("align"))
@@ -190,9 +229,11 @@ class Ager:
             raise ValueError(f"no targets given: pass at least one age (70) or group label ({self.labels[-1]!r})")
         return groups
 
-    def age(self, image: ImageLike, to: Target, *, aligned: bool = False, largest: bool = False) -> Image.Image:
+    def age(
+        self, image: ImageLike, to: Target, *, aligned: bool = False, largest: bool = False, faces: list | None = None
+    ) -> Image.Image:
         """``image`` with its faces (or the largest) aged to ``to``; same size as the input."""
-        return next(self.stream(image, [to], aligned=aligned, largest=largest).images)
+        return next(self.stream(image, [to], aligned=aligned, largest=largest, faces=faces).images)
 
     def age_many(
         self,
@@ -212,7 +253,7 @@ class Ager:
         one_image = isinstance(images, str | os.PathLike | Image.Image)
         if one_image or (isinstance(images, np.ndarray) and images.ndim != 4):  # a 4-d array is a batch
             raise TypeError("age_many takes a list of images; for one image use age() or stream(), or pass [image]")
-        prepared = [self._prepare(to_array(im, self.max_pixels), aligned, largest) for im in images]
+        prepared = [self._prepare(*_read(im, self.max_pixels), aligned, largest) for im in images]
         if not prepared:
             raise ValueError("no images given: age_many needs a list of at least one image")
         counts = [len(p.crops) for p in prepared]
@@ -228,24 +269,40 @@ class Ager:
         return AgedPhoto(list(aged.images), faces=aged.faces)
 
     def stream(
-        self, image: ImageLike, targets: Sequence[Target], *, aligned: bool = False, largest: bool = False
+        self,
+        image: ImageLike,
+        targets: Sequence[Target],
+        *,
+        aligned: bool = False,
+        largest: bool = False,
+        faces: list | None = None,
     ) -> AgedStream:
         """One image to several targets, one output at a time: ``for out in ager.stream(img, [20, 70]).images``.
 
         The photo is decoded and its faces found and aligned once, here; each output is made when asked for
         (the generator runs on as many targets at once as fill a batch), so memory does not grow with the
-        number of targets.
+        number of targets. ``faces`` (``faceage.face.Face`` objects, e.g. from an earlier ``detect``) are aged
+        instead of detecting them again.
         """
         groups = self.groups(targets)
-        prepared = self._prepare(to_array(image, self.max_pixels), aligned, largest)
+        prepared = self._prepare(*_read(image, self.max_pixels), aligned, largest, faces)
         return AgedStream(self._outputs(prepared, groups), faces=len(prepared.crops))
 
     def progression(self, image: ImageLike, *, aligned: bool = False) -> Image.Image:
         """A labelled strip of the face (the largest one in a photo) aged to every group of the model."""
-        prepared = self._prepare(to_array(image, self.max_pixels), aligned, largest=True)
+        prepared = self._prepare(*_read(image, self.max_pixels), aligned, largest=True)
         generated = self.generate(prepared.crops[:1], list(range(self.scheme.num_groups)))[0]
+        if prepared.gray:
+            generated = np.repeat(generated @ LUMA[:, None], 3, axis=-1)
         tiles = [np.clip(np.rint(g), 0, 255).astype(np.uint8) for g in generated]
-        return progression_strip(tiles, self.labels)
+        strip = progression_strip(tiles, self.labels)
+        return strip.convert("L") if prepared.mode == "L" else strip
+
+    def detect(self, photo: np.ndarray, largest: bool = False) -> list:
+        """The faces :meth:`age` would age in ``photo`` (HxWx3 uint8), largest first; see ``faceage.face.detect``."""
+        from faceage.face import detect
+
+        return detect(photo, largest=largest, threshold=self.detect_threshold)
 
     def generate(self, crops: np.ndarray, groups: Sequence[int]) -> np.ndarray:
         """Aligned crops ``[F,S,S,3]`` uint8 aged to each group index: ``[F,T,S,S,3]`` float32 in 0..255."""
@@ -274,19 +331,22 @@ class Ager:
             out[i : i + len(y)] = (np.clip(y, -1, 1).transpose(0, 2, 3, 1) + 1) * 127.5
         return out.reshape(len(crops), len(groups), s, s, 3)
 
-    def _prepare(self, photo: np.ndarray, aligned: bool, largest: bool) -> _Prepared:
+    def _prepare(
+        self, photo: np.ndarray, mode: str, aligned: bool, largest: bool, faces: list | None = None
+    ) -> _Prepared:
         s = self.image_size
+        gray = is_gray(photo)
         if aligned:
             crop = photo if photo.shape[:2] == (s, s) else _resize(photo, s, s)
-            return _Prepared(photo, crop[None], None, [])
-        from faceage.face import align, detect, face_mask
+            return _Prepared(photo, crop[None], None, [], gray, mode)
+        from faceage.face import align, face_mask
 
-        faces = detect(photo, largest=largest)
+        faces = self.detect(photo, largest=largest) if faces is None else list(faces)
         if not faces:
             raise NoFaceError("no face found (pass --aligned / aligned=True if the image is an aligned face crop)")
         aligned_faces = [align(photo, f.landmarks, s, preset=self.align_preset) for f in faces]
         masks = [face_mask(a.landmarks, s) for a in aligned_faces]
-        return _Prepared(photo, np.stack([a.image for a in aligned_faces]), aligned_faces, masks)
+        return _Prepared(photo, np.stack([a.image for a in aligned_faces]), aligned_faces, masks, gray, mode)
 
     def _outputs(self, prepared: _Prepared, groups: list[int]) -> Iterator[Image.Image]:
         """Each group's output in turn; the generator runs on as many groups at once as fill one batch."""
@@ -297,16 +357,64 @@ class Ager:
                 yield self._render(prepared, generated[:, j])
 
     def _render(self, prepared: _Prepared, generated: np.ndarray) -> Image.Image:
-        """The output for one target from its generated faces ``[F,S,S,3]`` float: a resized crop or a pasted photo."""
-        h, w = prepared.photo.shape[:2]
+        """The output for one target from its generated faces ``[F,S,S,3]`` float: a crop or a pasted photo.
+
+        Whole photos: each face's change (colour-matched output minus input crop) is warped to the photo's
+        grid and added to its pixels through the feathered mask (:func:`~faceage.infer.paste.blend_face`).
+        """
         if prepared.aligned is None:
-            crop = np.clip(np.rint(generated[0]), 0, 255).astype(np.uint8)
-            return Image.fromarray(crop if crop.shape[:2] == (h, w) else _resize(crop, w, h))
-        pieces = [
-            (a.matrix, m, match_colour(generated[f], a.image, m))
-            for f, (a, m) in enumerate(zip(prepared.aligned, prepared.masks, strict=True))
-        ]
-        return paste_faces_to_image(prepared.photo, pieces)
+            out = Image.fromarray(_aged_crop(prepared.photo, prepared.crops[0], generated[0], prepared.gray))
+        else:
+            pieces = [
+                (a.matrix, m, _smooth_change(match_colour(generated[f], a.image, m) - a.image, a.matrix))
+                for f, (a, m) in enumerate(zip(prepared.aligned, prepared.masks, strict=True))
+            ]
+            out = paste_faces_to_image(prepared.photo, pieces, residual=True, gray=prepared.gray)
+        return out.convert("L") if prepared.mode == "L" else out
+
+
+def _aged_crop(chip: np.ndarray, crop: np.ndarray, generated: np.ndarray, gray: bool) -> np.ndarray:
+    """An aligned chip aged: the generator's output when the chip is no bigger than the model's crop, else the
+    chip plus the change (output minus input crop) upsampled to the chip's size, so its own detail is kept."""
+    h, w = chip.shape[:2]
+    s = crop.shape[0]
+    if h * w <= s * s:
+        out = np.clip(np.rint(generated), 0, 255).astype(np.uint8)
+        out = out if out.shape[:2] == (h, w) else _resize(out, w, h)
+        return _gray_rgb(out) if gray else out
+    change = _smooth_change(generated - crop, scale=min(h, w) / s)
+    up = np.stack([_resize_float(change[..., c], w, h) for c in range(3)], axis=2)
+    out = np.clip(chip + up, 0, 255)
+    out = np.repeat(out @ LUMA[:, None], 3, axis=2) if gray else out
+    return np.rint(out).astype(np.uint8)
+
+
+def _smooth_change(change: np.ndarray, matrix: np.ndarray | None = None, scale: float | None = None) -> np.ndarray:
+    """The model's change, blurred just enough to be resampled to the photo's grid without artefacts.
+
+    ``scale`` is photo pixels per crop pixel (from ``matrix``). Enlarged, the generator's pixel-level noise would
+    be drawn as the crop's pixel grid (stripes) over the photo's own detail: from twice the model's resolution
+    up the change gets a ``CHANGE_SIGMA`` crop-pixel blur (ramped in from none at 1x, where the output is shown
+    at its own resolution). Shrunk (scale < 1) it is low-passed first, as any downsampling should be.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if scale is None:
+        scale = 1.0 / float(np.hypot(*matrix[0, :2]))
+    sigma = CHANGE_SIGMA * min(max(scale - 1, 0.0), 1.0) if scale >= 1 else 0.5 * math.sqrt(1 / scale**2 - 1)
+    if sigma < 0.05:
+        return change.astype(np.float32)
+    return gaussian_filter(change.astype(np.float32), (sigma, sigma, 0), mode="nearest")
+
+
+def _gray_rgb(image: np.ndarray) -> np.ndarray:
+    """An HxWx3 uint8 image turned to its luminance in all three channels."""
+    return np.repeat(np.rint(image.astype(np.float32) @ LUMA[:, None]).astype(np.uint8), 3, axis=2)
+
+
+def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:
+    image = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -320,6 +428,7 @@ def load(
     backend: str | None = None,
     precision: str = "auto",
     max_pixels: int | None = MAX_PIXELS,
+    detect_threshold: float = DETECT_THRESHOLD,
 ) -> Ager:
     """An :class:`Ager` for the bundled model (``None``), a model name, a folder, a checkpoint or an .onnx file.
 
@@ -328,7 +437,7 @@ def load(
     where it is faster; fp32 elsewhere and with onnx), "fp32" or "bf16" (torch only); ``repr(ager)`` shows
     what was picked. ``max_pixels`` (default :data:`MAX_PIXELS`, None for no limit of faceage's own) refuses
     bigger photos before decoding them; above Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP)
-    raise that too.
+    raise that too. ``detect_threshold`` is the dlib HOG score a detection needs to be aged (default 0.0).
     """
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -348,13 +457,25 @@ def load(
         if precision == "bf16":
             raise ValueError("the onnx backend runs the exported fp32 graph; precision 'bf16' is torch-only")
         meta = read_onnx_meta(onnx_path)
-        return Ager(OnnxBackend(onnx_path, device, precision), meta, source=str(onnx_path), max_pixels=max_pixels)
+        return Ager(
+            OnnxBackend(onnx_path, device, precision),
+            meta,
+            source=str(onnx_path),
+            max_pixels=max_pixels,
+            detect_threshold=detect_threshold,
+        )
     if path.suffix == ".onnx":
         raise ValueError(f"{path} is an ONNX file: run it with backend 'onnx'")
     from faceage.models.pretrained import load_generator
 
     generator, meta = load_generator(path, device)
-    return Ager(TorchBackend(generator, precision), meta, source=str(path), max_pixels=max_pixels)
+    return Ager(
+        TorchBackend(generator, precision),
+        meta,
+        source=str(path),
+        max_pixels=max_pixels,
+        detect_threshold=detect_threshold,
+    )
 
 
 def _device(device: str | torch.device | None) -> torch.device:
