@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "face": "faceage.cli.face",
     "age": "faceage.cli.age",
     "demo": "faceage.cli.demo",
+    "web": "faceage.cli.web",
     "export": "faceage.cli.export",
     "eval": "faceage.cli.eval",
     "train-age-estimator": "faceage.cli.train_age_estimator",

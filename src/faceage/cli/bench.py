@@ -15,6 +15,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "data": ("faceage.bench.data", "prepare wall time for a dataset folder and loader images/s from its cache"),
     "face": ("faceage.bench.face", "embeddings/s (dlib vs PyTorch port) and detection + alignment ms"),
     "age": ("faceage.bench.age", "ms per face (eager fp32/bf16, onnxruntime) and whole-photo latency"),
+    "web": ("faceage.web.bench", "p50 / p95 latency per photo for simulated users of a local `faceage web`"),
 }
 
 
