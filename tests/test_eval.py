@@ -192,7 +192,10 @@ def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_
 
     model = _identity_model(tmp_path)
     result = evaluate(
-        model, tiny_cache.path, EvalConfig(n=6, batch_size=6, far=0.01, bf16=False), estimator=tiny_estimator[0]
+        model,
+        tiny_cache.path,
+        EvalConfig(n=6, batch_size=6, far=0.01, bf16=False, gray_faces=3, detail_side=0),
+        estimator=tiny_estimator[0],
     )
     m = result.metrics
     assert [t["label"] for t in m["targets"]] == ["0-20", "21-30", "31-40", "41-50", "51+"]
@@ -206,10 +209,21 @@ def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_
         # Outputs are the inputs, so their Fréchet distances equal the do-nothing baseline exactly.
         if t["n_real"] >= 2:
             assert t["fd_dlib"] == pytest.approx(t["fd_dlib_inputs"], rel=1e-6, abs=1e-9)
-            assert t["fd_age"] == pytest.approx(t["fd_age_inputs"], rel=1e-6, abs=1e-9)
+            assert t["fd_judge"] == pytest.approx(t["fd_judge_inputs"], rel=1e-6, abs=1e-9)
     # Every target sees the same 6 unchanged faces: one set of estimated ages.
     ages = [result.output_ages[g] for g in range(5)]
     assert all(np.array_equal(np.sort(a), np.sort(ages[0])) for a in ages)
+    # The new figures have their known answers for "return the input unchanged", equal to the reference rows.
+    order = m["age_order"]
+    assert order["monotonic"] is False and order["spread"] == pytest.approx(order["inputs_spread"]) == 0.0
+    assert order["spread_vs_labels"] == 0.0
+    assert order["spearman"] == pytest.approx(order["inputs_spearman"], abs=1e-12)
+    assert order["spearman"] == pytest.approx(0.0, abs=1e-12)
+    assert m["overall"]["gender"]["kept"] == 1.0 and m["overall"]["artefact_share"] == 0.0
+    assert m["colour"]["share"] == m["colour"]["inputs_share"] == m["colour"]["edit_share"] == 0.0
+    assert m["realism"]["ratio"] == pytest.approx(1.0)
+    gray = m["photo_checks"]["grayscale"]
+    assert gray["faces"] == 3 and gray["outputs"] == 15 and gray["max_chroma"] == 0
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +267,7 @@ def test_eval_counts_the_outputs_in_which_a_face_is_found(faces128, tiny_estimat
 
     cache, has_face = faces128
     model = _identity_model(tmp_path, image_size=128)
-    cfg = EvalConfig(targets=["0-20", "51+"], batch_size=16, far=0.05, bf16=False)
+    cfg = EvalConfig(targets=["0-20", "51+"], batch_size=16, far=0.05, bf16=False, gray_faces=0, detail_side=0)
     m = evaluate(model, cache.path, cfg, estimator=tiny_estimator[0]).metrics
     assert m["data"]["n_sources"] == 15 and m["data"]["real_detected"] == pytest.approx(8 / 15)
     assert m["overall"]["detected"] == pytest.approx(8 / 15)
@@ -267,7 +281,7 @@ def test_eval_target_subset_still_reconstructs_every_source(tiny_cache, tiny_est
     from faceage.eval.evaluate import evaluate
     from faceage.eval.runner import EvalConfig
 
-    cfg = EvalConfig(n=6, targets=["0-20", "45"], batch_size=6, far=0.01)  # a label and an age
+    cfg = EvalConfig(n=6, targets=["0-20", "45"], batch_size=6, far=0.01, gray_faces=0, detail_side=0)  # label, age
     m = evaluate(_identity_model(tmp_path), tiny_cache.path, cfg, estimator=tiny_estimator[0]).metrics
     assert [t["label"] for t in m["targets"]] == ["0-20", "41-50"]
     assert m["overall"]["n_outputs"] == 12
@@ -283,6 +297,7 @@ def test_eval_cli_with_a_tiny_ragan_writes_the_full_report(
 
     out = tmp_path / "report"
     argv = ["eval", "--model", str(tiny_ragan_dir), "--data", str(tiny_cache.path), "--n", "6", "--far", "0.01"]
+    argv += ["--gray-faces", "2", "--detail-side", "0"]
     argv += ["--threads", str(torch.get_num_threads())]  # keep this process's thread count as it is
     assert main([*argv, "--estimator", str(tiny_estimator[0]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -306,12 +321,12 @@ def test_eval_cli_with_a_tiny_ragan_writes_the_full_report(
             assert 0 <= t[key] <= 1, key
         assert t["detected"] == 0.0 and t["real_detected"] in (None, 0.0)  # 32 px: below the detector's 80 px
         assert t["id_distance_mean"] > 0
-        for key in ("fd_dlib", "fd_age", "fd_dlib_inputs", "fd_age_inputs"):
+        for key in ("fd_dlib", "fd_judge", "fd_dlib_inputs", "fd_judge_inputs"):
             assert (t[key] is None) == (t["n_real"] < 2) and (t[key] is None or t[key] >= 0), key
     assert m["reconstruction"]["n"] == 6 and 0 < m["reconstruction"]["l1"] < 1
     assert m["overall"]["detected"] == m["data"]["real_detected"] == 0.0
     report = (out / "report.md").read_text()
-    for text in ("FD-dlib", "FD-age", "no identity labels", "51+", "Reconstruction", "samples.png"):
+    for text in ("FD-dlib", "FD-judge", "no identity labels", "51+", "Reconstruction", "samples.png"):
         assert text in report
 
 
@@ -356,7 +371,7 @@ def test_eval_with_user_supplied_inception_weights_reports_fid_and_kid(tiny_cach
     torch.manual_seed(0)
     weights = tmp_path / "pt_inception.pth"
     torch.save(FIDInception().state_dict(), weights)  # random weights: the plumbing, not the numbers
-    cfg = EvalConfig(n=2, targets=[0, 4], n_reference=10, batch_size=16, far=0.05)  # Inception is slow on a CPU
+    cfg = EvalConfig(n=2, targets=[0, 4], n_reference=10, batch_size=16, far=0.05, gray_faces=0, detail_side=0)
     out = tmp_path / "report"
     m = evaluate(
         _identity_model(tmp_path), tiny_cache.path, cfg, estimator=tiny_estimator[0], out=out, inception_weights=weights

@@ -99,3 +99,85 @@ def test_highpass_correlation_keeps_detail_and_not_a_soft_upscale():
     assert highpass_correlation(sharp, soft) < 0.5
     brighter = np.clip(sharp.astype(int) + 10, 0, 255).astype(np.uint8)  # a colour change keeps the detail
     assert highpass_correlation(sharp, brighter) > 0.95
+
+
+def test_spearman_ranks_ties_and_constants():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, 50), rng.normal(size=50)
+    assert M.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert M.spearman([1, 2, 3], [10, 20, 35]) == pytest.approx(1.0)
+    assert M.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(M.spearman([1, 1, 1], [1, 2, 3]))
+
+
+@pytest.fixture(scope="module")
+def face_chip(astronaut):
+    from conftest import ASTRONAUT_BOX, photo_chip
+
+    return photo_chip(astronaut, ASTRONAUT_BOX, 128)
+
+
+def _blotch(image: np.ndarray, colour: tuple[int, int, int], at: tuple[int, int], side: int = 10) -> np.ndarray:
+    """``image`` with a soft-edged patch of ``colour`` blended over the face (what a GAN's blotch looks like)."""
+    out = image.astype(np.float32)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    w = np.clip(1.5 - np.hypot(yy - at[0], xx - at[1]) / (side / 2), 0, 1)[..., None] * 0.7
+    return (out * (1 - w) + np.array(colour, np.float32) * w).round().astype(np.uint8)
+
+
+def _chroma_noise(image: np.ndarray, std: float, blur: float) -> np.ndarray:
+    """``image`` plus seeded colour noise of ``std`` levels (spatially smoothed by ``blur`` px), brightness kept."""
+    from scipy.ndimage import gaussian_filter
+
+    n = np.random.default_rng(0).normal(0, 1, (*image.shape[:2], 2))
+    if blur:
+        n = np.stack([gaussian_filter(n[..., c], blur) for c in range(2)], axis=-1)
+    n *= std / n.std()
+    noisy = image.astype(float) + np.stack([n[..., 0], -n[..., 0] - n[..., 1], n[..., 1]], axis=-1)
+    return noisy.clip(0, 255).astype(np.uint8)
+
+
+def test_colour_artefacts_flag_blotches_and_colour_noise_not_plain_edits(face_chip):
+    from faceage.eval.runner import brightness_contrast
+
+    assert M.colour_artefact_share(face_chip, face_chip) == 0.0
+    edits = [
+        brightness_contrast(face_chip),
+        np.clip(face_chip.astype(int) - 20, 0, 255).astype(np.uint8),  # darker
+        np.clip((face_chip.astype(float) - 128) * 0.8 + 128, 0, 255).astype(np.uint8),  # flatter
+        (face_chip.astype(float) @ np.diag([0.95, 1.0, 1.08])).clip(0, 255).astype(np.uint8),  # cooler white balance
+        np.repeat(face_chip.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8),  # made grey
+    ]
+    for edit in edits:
+        assert M.colour_artefact_share(face_chip, edit) == 0.0
+    green = _blotch(face_chip, (60, 170, 60), (70, 50))
+    purple = _blotch(face_chip, (170, 60, 180), (60, 80), side=12)
+    assert M.colour_artefact_share(face_chip, green) > 0.005
+    assert M.colour_artefact_share(face_chip, purple) > 0.005
+    assert M.colour_artefact_share(face_chip, _chroma_noise(face_chip, 20, blur=1.5)) > 0.1  # blotchy colour noise
+    assert M.colour_artefact_share(face_chip, _chroma_noise(face_chip, 8, blur=0)) == 0.0  # fine sensor grain
+    shares = M.colour_artefact_shares(np.stack([face_chip] * 3), np.stack([face_chip, green, edits[0]]))
+    assert shares[0] == shares[2] == 0 and shares[1] > 0
+    ring = np.zeros((128, 128), bool)
+    ring[:10] = True  # a face region away from the blotch
+    assert M.colour_artefact_share(face_chip, green, ring) == 0.0
+    with pytest.raises(ValueError, match="same-size"):
+        M.colour_artefact_shares(face_chip[None], face_chip[None, :64])
+
+
+def test_weighted_frechet_distance_reweights_a_mixture():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 3)), rng.normal(size=(300, 3)) + 1.0
+    mu, cov = M.weighted_feature_stats(a, np.ones(400))
+    np.testing.assert_allclose(mu, a.mean(0))
+    np.testing.assert_allclose(cov, np.cov(a.T))
+    assert M.weighted_frechet_distance(a, b) == pytest.approx(
+        M.frechet_distance_from_stats(*M.feature_stats(a), *M.feature_stats(b))
+    )
+    # Weighting a 50/50 mix of the two to all-b makes it look like b.
+    mix = np.concatenate([a, b])
+    only_b = np.r_[np.zeros(400), np.ones(300)]
+    assert M.weighted_frechet_distance(mix, b, only_b) == pytest.approx(0.0, abs=1e-9)
+    assert M.weighted_frechet_distance(mix, b) > 0.2

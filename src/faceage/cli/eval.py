@@ -1,4 +1,5 @@
-"""``faceage eval``: age test faces to every target group and report age accuracy, identity and realism."""
+"""``faceage eval``: age test faces to every target group and report age, gender, identity, colour and realism,
+judged by a network the model never trained against."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a model: age accuracy, identity preservation, realism; writes a report",
         description=(
-            "Age every face of a cache split (or a seeded sample of --n) to every target group and measure: "
-            "the outputs' estimated ages and group accuracy next to real faces of each group; identity "
-            "(face-descriptor distance, verification at 0.6 and at FAR 0.1%); realism (Fréchet distances "
-            "in face-descriptor and age-estimator feature space; FID/KID only with --inception-weights); "
-            "reconstruction (target = source group). Writes report.md, metrics.json and PNG plots to --out."
+            "Age every face of a cache split (or a seeded sample of --n) to every target group and measure, each "
+            "next to what the same judge gives for real faces and for the unchanged input: the outputs' estimated "
+            "ages (group accuracy, Spearman with the target, monotone means, spread vs. real faces); gender kept; "
+            "identity (face-descriptor distance, verification at 0.6 and at FAR 0.1%); colour blotches; realism "
+            "(Fréchet distances in face-descriptor and judge feature space; FID/KID only with --inception-weights); "
+            "reconstruction; and, through faceage.load(model).age, grayscale in -> grayscale out and fine detail "
+            "kept on a high-resolution photo. The judge may not be a network the model trained against (its "
+            "config's `critics`, or --critic). Writes report.md, metrics.json and PNG plots to --out."
         ),
     )
     p.add_argument(
@@ -33,7 +37,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n", type=int, default=None, help="age a seeded sample of N faces (default: the whole split)")
     p.add_argument("--targets", default="all", help="'all' or a comma list of groups/ages, e.g. 0-2,30-39,70")
-    p.add_argument("--estimator", metavar="DIR", default=None, help="age estimator folder (train-age-estimator)")
+    p.add_argument(
+        "--judge",
+        "--estimator",
+        dest="judge",
+        metavar="DIR",
+        default=None,
+        help="the judging age/gender estimator folder (train-age-estimator; default: the bundled judge)",
+    )
+    p.add_argument(
+        "--critic",
+        action="append",
+        default=None,
+        metavar="DIR|SHA256",
+        help="a network the model trained against (estimator folder or weights digest), besides its config's "
+        "`critics`; eval refuses to be judged by it (repeatable)",
+    )
+    p.add_argument(
+        "--gray-faces", type=int, default=16, help="faces for the grayscale-in/out check (default 16; 0 skips it)"
+    )
+    p.add_argument(
+        "--detail-side",
+        type=int,
+        default=2048,
+        help="side of the upscaled photo for the fine-detail check (default 2048; 0 skips it)",
+    )
     p.add_argument("--out", metavar="DIR", default="eval", help="report folder (default ./eval)")
     p.add_argument("--batch", type=int, default=32, help="faces per batch (default 32)")
     p.add_argument("--n-reference", type=int, default=None, help="cap on real reference faces (default: whole split)")
@@ -84,12 +112,15 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             far=args.far,
             bf16=precision == "bf16",
+            gray_faces=args.gray_faces,
+            detail_side=args.detail_side,
         )
         result = evaluate(
             model,
             args.data,
             cfg,
-            estimator=args.estimator,
+            estimator=args.judge,
+            critics=args.critic,
             out=args.out,
             inception_weights=args.inception_weights,
             device=device,
@@ -101,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{m['data']['n_sources']} faces x {len(m['targets'])} groups = {o['n_outputs']} outputs: "
         f"group accuracy {o['group_accuracy']:.1%}, verified @0.6 {o['verification_0.6']:.1%}, "
-        f"@FAR {o['verification_far']:.1%}, face detected {o['detected']:.1%}",
+        f"@FAR {o['verification_far']:.1%}, face detected {o['detected']:.1%}; judged by {m['judge']['path']}",
         file=sys.stderr,
     )
     print(f"report: {args.out}/report.md")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # The threshold dlib's authors use for "same person" with their 128-D face descriptor.
 DLIB_SAME_PERSON_THRESHOLD = 0.6
@@ -71,6 +72,28 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     cross = torch.linalg.svdvals(y1 @ y2.T).sum()
     diff = mu1 - mu2
     return float(max(diff @ diff + (y1 * y1).sum() + (y2 * y2).sum() - 2.0 * cross, 0.0))
+
+
+def weighted_feature_stats(features: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of ``features`` [N, D] with each row weighted by ``weights`` [N] (>= 0;
+    None: equal), the unbiased reliability-weighted covariance; equal weights give :func:`feature_stats`."""
+    x = _samples(features, "weighted_feature_stats")
+    w = torch.ones(len(x), dtype=torch.float64) if weights is None else _t(weights).reshape(-1)
+    if len(w) != len(x) or (w < 0).any() or (w > 0).sum() < 2:
+        raise ValueError(f"weights must be [N={len(x)}] non-negative with at least two above 0, got {tuple(w.shape)}")
+    w = w / w.sum()
+    mu = w @ x
+    xc = x - mu
+    cov = (xc * w[:, None]).T @ xc / (1 - (w * w).sum())
+    return mu.numpy(), cov.numpy()
+
+
+def weighted_frechet_distance(
+    a: np.ndarray, b: np.ndarray, a_weights: np.ndarray | None = None, b_weights: np.ndarray | None = None
+) -> float:
+    """Squared Fréchet distance between Gaussians fitted to weighted samples (e.g. real faces reweighted to the
+    age-group mix of a set of outputs)."""
+    return frechet_distance_from_stats(*weighted_feature_stats(a, a_weights), *weighted_feature_stats(b, b_weights))
 
 
 def kernel_inception_distance(
@@ -176,3 +199,124 @@ def highpass_correlation(a: np.ndarray, b: np.ndarray, sigma: float = 1.0) -> fl
     da, db = detail(a), detail(b)
     denom = np.sqrt((da * da).sum() * (db * db).sum())
     return float((da * db).sum() / denom) if denom > 0 else 0.0
+
+
+# Colour artefacts: chroma (Cb, Cr, BT.601, 0-255 scale) an output has that its input's colours do not explain.
+ARTEFACT_CHROMA = 12.0  # residual chroma (after a global per-image colour fit, smoothed) counted as an artefact
+ARTEFACT_MIN_BLOB = 0.003  # smallest blotch counted, as a share of the image's pixels (49 px at 128 px)
+ARTEFACT_SIGMA = 1.0  # Gaussian smoothing (px at 128 px) of both chroma maps: lone noisy pixels do not count alone
+ARTEFACT_REACH = 2  # px (at 128 px): an output colour found this close in the input is the input's colour
+
+
+def chroma(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Cb and Cr (BT.601, centred on 0, 0-255 scale) of uint8 images [..., H, W, 3]: float32 [..., 2, H, W]. Green
+    pushes both negative, purple both positive; a grey pixel is (0, 0) whatever its brightness."""
+    x = torch.from_numpy(np.array(images, dtype=np.float32))
+    if x.ndim < 3 or x.shape[-1] != 3:
+        raise ValueError(f"chroma needs [..., H, W, 3] images, got shape {tuple(x.shape)}")
+    y = x @ torch.tensor([0.299, 0.587, 0.114])
+    return torch.stack([0.564 * (x[..., 2] - y), 0.713 * (x[..., 0] - y)], dim=-3)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur (scipy's: truncated at 4 sigma, reflected edges) over the last two axes of [N, C, H, W]."""
+    from scipy.ndimage import gaussian_filter
+
+    return torch.from_numpy(gaussian_filter(x.numpy(), (0, 0, sigma, sigma)))
+
+
+def colour_residual(sources: np.ndarray, outputs: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Per-pixel chroma of each output that no global colour change of its source explains: [N, H, W] float32.
+
+    uint8 [N, H, W, 3] sources and outputs, bool [N, H, W] face regions. Each chroma channel of an output is
+    fitted, over its region, as ``a * source + b`` (least squares): a brightness, contrast, saturation or
+    white-balance change is one such fit and leaves ~0. Both chroma maps are smoothed (``ARTEFACT_SIGMA``), and
+    each output pixel is compared with the nearest colour among the fitted source's pixels within
+    ``ARTEFACT_REACH`` of it, so a feature that moved a little (ageing reshapes a face) is no artefact; a blotch
+    of green, purple or any colour the input did not have there stays.
+    """
+    if np.shape(sources) != np.shape(outputs) or np.ndim(sources) != 4:
+        raise ValueError(
+            f"colour_residual needs same-size [N,H,W,3] batches, got {np.shape(sources)}, {np.shape(outputs)}"
+        )
+    scale = np.shape(sources)[1] / 128
+    cs, co = chroma(sources), chroma(outputs)
+    w = torch.as_tensor(np.asarray(regions, dtype=bool)).float()[:, None]
+    n = w.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+    ms, mo = (cs * w).sum(dim=(2, 3), keepdim=True) / n, (co * w).sum(dim=(2, 3), keepdim=True) / n
+    var = (((cs - ms) ** 2) * w).sum(dim=(2, 3), keepdim=True)
+    slope = (((cs - ms) * (co - mo)) * w).sum(dim=(2, 3), keepdim=True) / var.clamp(min=1e-6)
+    fitted = _blur(slope * (cs - ms) + mo, ARTEFACT_SIGMA * scale)
+    co = _blur(co, ARTEFACT_SIGMA * scale)
+    reach = max(1, int(round(ARTEFACT_REACH * scale)))
+    padded = F.pad(fitted, (reach,) * 4, mode="replicate")
+    h, wd = co.shape[-2:]
+    best = torch.full_like(co[:, 0], float("inf"))
+    for dy in range(2 * reach + 1):
+        for dx in range(2 * reach + 1):
+            best = torch.minimum(best, ((co - padded[..., dy : dy + h, dx : dx + wd]) ** 2).sum(dim=1))
+    return best.sqrt().numpy()
+
+
+def colour_artefact_shares(
+    sources: np.ndarray,
+    outputs: np.ndarray,
+    regions: np.ndarray | None = None,
+    *,
+    threshold: float = ARTEFACT_CHROMA,
+    min_blob: float = ARTEFACT_MIN_BLOB,
+) -> np.ndarray:
+    """Share of each output's face region covered by colour blotches: connected pixels (8-neighbours) whose
+    residual chroma (:func:`colour_residual`) exceeds ``threshold``, in blobs of at least ``min_blob`` of the
+    image. An output counts as having a visible colour artefact when its share is above 0.
+
+    uint8 [N, H, W, 3] sources and outputs; ``regions`` bool (or 0-255 masks, > 127 counts) [N, H, W] face
+    regions, default the ellipse inscribed in the central 70 % of the image (an aligned face). Pixels clipped
+    to near white or near black in either image have no defined colour and are never counted. Returns [N].
+    """
+    from scipy.ndimage import label
+
+    src, out = np.asarray(sources), np.asarray(outputs)
+    if src.ndim != 4 or src.shape != out.shape or src.shape[-1] != 3:
+        raise ValueError(f"need two same-size [N,H,W,3] batches, got {src.shape} and {out.shape}")
+    n, h, w = src.shape[:3]
+    if regions is None:
+        regions = np.broadcast_to(default_face_region(h, w), (n, h, w))
+    regions = np.asarray(regions)
+    regions = regions > 127 if regions.dtype == np.uint8 else regions.astype(bool)
+    if regions.shape != (n, h, w) or (regions.sum(axis=(1, 2)) < 3).any():
+        raise ValueError(f"face regions must be [N,H,W] masks of at least 3 pixels each, got shape {regions.shape}")
+    clipped = ((src >= 250) | (out >= 250) | (src <= 5) | (out <= 5)).any(-1)
+    hot = (colour_residual(src, out, regions) > threshold) & regions & ~clipped
+    smallest = max(1, int(round(min_blob * h * w)))
+    shares = np.zeros(n)
+    for i in range(n):
+        blobs, count = label(hot[i], structure=np.ones((3, 3), bool))
+        if count:
+            sizes = np.bincount(blobs.ravel())[1:]
+            shares[i] = sizes[sizes >= smallest].sum() / regions[i].sum()
+    return shares
+
+
+def colour_artefact_share(source: np.ndarray, output: np.ndarray, region: np.ndarray | None = None) -> float:
+    """:func:`colour_artefact_shares` of one uint8 HxWx3 pair (``region``: HxW, default the central ellipse)."""
+    regions = None if region is None else np.asarray(region)[None]
+    return float(colour_artefact_shares(np.asarray(source)[None], np.asarray(output)[None], regions)[0])
+
+
+def default_face_region(h: int, w: int) -> np.ndarray:
+    """The ellipse inscribed in the central 70 % of an HxW image: where an aligned face's skin is."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((xx + 0.5 - w / 2) / (0.35 * w)) ** 2 + ((yy + 0.5 - h / 2) / (0.35 * h)) ** 2 <= 1
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(np.asarray(x, np.float64)), rankdata(np.asarray(y, np.float64))
+    if len(rx) != len(ry) or len(rx) < 2:
+        raise ValueError(f"spearman needs two equal-length arrays of at least 2 values, got {len(rx)} and {len(ry)}")
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])

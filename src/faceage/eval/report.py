@@ -1,4 +1,8 @@
-"""Writing an evaluation: ``metrics.json``, ``report.md`` and three PNG plots (matplotlib, Agg backend)."""
+"""Writing an evaluation: ``metrics.json``, ``report.md`` and three PNG plots (matplotlib, Agg backend).
+
+The report opens with who judged what ("trained against: ...; judged by: ...") and a summary table in which every
+figure stands next to what the same judge gives for real faces and for returning the input unchanged.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ import numpy as np
 from faceage.eval.runner import EvalResult
 from faceage.utils import atomic_write_bytes, atomic_write_text
 
+NO_CRITICS_RECORDED = (
+    "none recorded (the model's config has no `critics` list; faceage's training loop uses no frozen age or gender "
+    "network: age is learnt from the model's own discriminator's classifier only)"
+)
 PLOTS = ("age_distribution.png", "identity_distance.png", "samples.png")
 
 
@@ -134,6 +142,8 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         f"cache `{data['cache']}`, split `{data['split']}`: {data['n_sources']} source faces aged to "
         f"{len(m['targets'])} target groups ({over['n_outputs']} outputs), {data['n_reference']} real reference "
         f"faces. Wall time {m['timing']['total_s']:.0f} s.",
+        "",
+        judged_line(m),
         *[f"\n> **Warning:** {w}" for w in m.get("warnings", [])],
     ]
     plots = [
@@ -146,7 +156,18 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
     if has_grid:
         plots += ["", "![samples](samples.png)"]
     timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in m["timing"].items())
-    sections = [head, _age_section(m), _identity_section(m), _realism_section(m), _reconstruction_section(m), plots]
+    sections = [
+        head,
+        _summary_section(m),
+        _age_section(m),
+        _gender_section(m),
+        _identity_section(m),
+        _colour_section(m),
+        _photo_section(m),
+        _realism_section(m),
+        _reconstruction_section(m),
+        plots,
+    ]
     return "\n".join(line for section in sections for line in [*section, ""]) + f"Timing: {timing}.\n"
 
 
@@ -167,7 +188,7 @@ def _age_section(m: dict) -> list[str]:
     return [
         "## Age",
         "",
-        "Estimated by faceage's age estimator (expected value over 0–100 years): generated faces next to real "
+        "Estimated by the judge (expected value over 0–100 years): generated faces next to real "
         "faces of the same group, as in the AcGAN paper's table.",
         "",
         _table(header, rows),
@@ -213,16 +234,36 @@ def _realism_section(m: dict) -> list[str]:
         "## Realism",
         "",
         "Fréchet distance (squared, lower is better) between Gaussians fitted to the outputs aged to a group and "
-        "to the real faces of that group: **FD-dlib** in face-descriptor space, **FD-age** in the age "
-        "estimator's penultimate features. *Inputs* columns: the same distance for the unchanged source faces, "
-        "what a generator that does nothing would score. These are not FID; with few real faces in a group the "
-        "estimate is biased upwards (see the counts).",
+        "to the real faces of that group: **FD-dlib** in face-descriptor space, **FD-judge** in the judge's pooled "
+        "features (a network no model trained against). *Inputs* columns: the same distance for the unchanged "
+        "source faces, what a generator that does nothing would score; *real halves*: two random halves of the "
+        "group's real faces against each other (the floor, biased up by the halved sample). These are not FID; "
+        "with few real faces in a group the estimate is biased upwards (see the counts).",
     ]
     if m["judges"].get("inception_weights"):
         lines[-1] += (
             " FID and KID (unbiased MMD², cubic kernel) use the Inception weights "
             f"`{m['judges']['inception_weights']}` in faceage's plain-PyTorch rebuild of pytorch-fid's network."
         )
+    r = m.get("realism") or {}
+    p = r.get("pooled")
+    if p and p.get("ratio") is not None:
+        lines += [
+            "",
+            f"**Pooled (the headline)**: a seeded half of the sources ({p['n_sources']} faces) against the "
+            f"{p['n_real']} real faces outside it, so no face is compared with itself. FD-judge of that half's "
+            f"outputs (targets {', '.join(p['targets'])} pooled) to the real faces reweighted to the same target mix: "
+            f"{p['fd_outputs']:.4g}; of its unchanged inputs to the real faces as they are: {p['fd_inputs']:.4g} "
+            f"(ratio **{p['ratio']:.2f}x**); of its own real faces of those groups, reweighted alike: "
+            f"{_f(p['fd_real'], '.4g')} (what real faces of the target ages score).",
+        ]
+    if r.get("ratio") is not None:
+        lines += [
+            "",
+            f"Per target, summed over {', '.join(r['targets'])}: FD-judge {r['fd_judge_sum']:.4g} for the outputs, "
+            f"{r['fd_judge_inputs_sum']:.4g} for the unchanged inputs (all ages, so far from a target's real faces: "
+            f"ratio {r['ratio']:.2f}x), real halves {_f(r['fd_judge_real_halves_sum'], '.4g')}.",
+        ]
     return [*lines, "", _realism_table(m["targets"])]
 
 
@@ -238,25 +279,255 @@ def _reconstruction_section(m: dict) -> list[str]:
 
 
 def _realism_table(t: list[dict]) -> str:
-    header = ["target", "real faces", "FD-dlib", "FD-dlib inputs", "FD-age", "FD-age inputs"]
+    header = ["target", "real faces", "FD-dlib", "FD-dlib inputs", "FD-judge", "FD-judge inputs", "real halves"]
     has_fid = any("fid" in r for r in t)
     if has_fid:
         header += ["FID", "KID"]
     rows = []
     for r in t:
         row = [r["label"], str(r["n_real"]), _f(r["fd_dlib"], ".4g"), _f(r["fd_dlib_inputs"], ".4g")]
-        row += [_f(r["fd_age"], ".4g"), _f(r["fd_age_inputs"], ".4g")]
+        row += [_f(r["fd_judge"], ".4g"), _f(r["fd_judge_inputs"], ".4g"), _f(r.get("fd_judge_real_halves"), ".4g")]
         if has_fid:
             row += [_f(r.get("fid"), ".4g"), _f(r.get("kid"), ".4g")]
         rows.append(row)
     return _table(header, rows)
 
 
+def judged_line(m: dict) -> str:
+    """ "Trained against: X; judged by: Y (arch, seed, train-split hash)"."""
+    critics, judge = m.get("critics") or {}, m.get("judge") or {}
+    nets = critics.get("networks") or []
+    if nets:
+        against = "; ".join(f"`{c.get('name')}` (weights sha256 {c['weights_sha256'][:12]})" for c in nets)
+    elif critics.get("recorded"):
+        against = "no age or gender network (the model's config lists none)"
+    else:
+        against = NO_CRITICS_RECORDED
+    return f"**Trained against:** {against}. **Judged by:** {judge.get('summary', 'an unnamed estimator')}."
+
+
+def _pct(value, fmt: str = ".1%") -> str:
+    return _f(value, fmt)
+
+
+def _summary_section(m: dict) -> list[str]:
+    """One row per headline figure: the model, the same judge on real faces, the unchanged input, the target."""
+    o, order, ident = m["overall"], m.get("age_order") or {}, m["identity"]
+    young = m["targets"][0]
+    g = o.get("gender")
+    rows = [
+        [
+            f"Spearman(target, estimated age) over {', '.join(order.get('targets', []))}",
+            _f(order.get("spearman"), ".3f"),
+            _f(order.get("real_spearman"), ".3f"),
+            _f(order.get("inputs_spearman"), ".3f"),
+            "high",
+        ],
+        [
+            "mean estimate per target strictly increasing",
+            _yes(order.get("monotonic")) + " (" + ", ".join(f"{v:.1f}" for v in order.get("means", [])) + ")",
+            _yes(order.get("real_monotonic"))
+            + " ("
+            + ", ".join(_f(v, ".1f") for v in order.get("real_means", []))
+            + ")",
+            "no",
+            "yes",
+        ],
+        [
+            f"spread of the means, {order.get('youngest')} → {order.get('oldest')}, % of real faces' spread",
+            _pct(order.get("spread")),
+            "100%" + (f" ({order['real_spread_years']:.1f} years)" if order.get("real_spread_years") else ""),
+            _pct(order.get("inputs_spread")),
+            "~100%",
+        ],
+        [
+            "the same spread, % of the labelled ages' spread (real faces' true mean ages)",
+            _pct(order.get("spread_vs_labels")),
+            "100%"
+            + (f" ({lm[-1] - lm[0]:.1f} years)" if (lm := order.get("real_label_means")) and None not in lm else ""),
+            "0.0%",
+            "~100%",
+        ],
+        ["identity verified (dlib < 0.6), all targets", _pct(o["verification_0.6"]), "–", "100%", "high"],
+        [
+            f"identity verified (dlib < 0.6), youngest target {young['label']}",
+            _pct(young["verification_0.6"]),
+            f"{ident['impostor_far_at_0.6']:.2%} of different people",
+            "100%",
+            "high",
+        ],
+    ]
+    if g is not None:
+        real_acc = m["data"].get("estimator_gender_accuracy_on_reference")
+        rows.append(
+            [
+                "gender kept (judged output = judged input)",
+                _pct(g["kept"]),
+                f"judge's accuracy {_pct(real_acc)}",
+                "100%",
+                "high",
+            ]
+        )
+        rows.append(
+            ["gender kept, female / male inputs", f"{_pct(g['kept_female_inputs'])} / {_pct(g['kept_male_inputs'])}"]
+            + ["–", "100% / 100%", "high"]
+        )
+        per = " · ".join(f"{t['label']} {_pct(t['gender']['kept'])}" for t in m["targets"] if t.get("gender"))
+        rows.append(["gender kept per target", per, "–", "100%", "high"])
+    else:
+        rows.append(["gender kept", "not measured: the judge has no gender head", "–", "–", "–"])
+    rows += _photo_rows(m.get("photo_checks") or {})
+    p = (m.get("realism") or {}).get("pooled")
+    if p and p.get("ratio") is not None:
+        real = "–" if p["fd_real"] is None else f"{p['fd_real'] / p['fd_inputs']:.2f}x ({p['fd_real']:.4g})"
+        rows.append(
+            [
+                "realism: FD-judge to held-out real faces, outputs / unchanged inputs (pooled, see Realism)",
+                f"{p['ratio']:.2f}x ({p['fd_outputs']:.4g})",
+                real,
+                f"1.00x ({p['fd_inputs']:.4g})",
+                "≤ 1.3x",
+            ]
+        )
+    c = m.get("colour")
+    if c:
+        rows.append(
+            [
+                "outputs with a colour blotch (over 1% of the face)",
+                f"{_pct(c['share'])} ({_pct(c.get('share_large'))})",
+                f"{_pct(c['edit_share'])} of brightness/contrast edits",
+                _pct(c["inputs_share"]),
+                "0%",
+            ]
+        )
+    header = ["figure", "model", "real faces (same judge)", "unchanged input", "target"]
+    return ["## Summary", "", _table(header, rows)]
+
+
+def _photo_rows(p: dict) -> list[list[str]]:
+    rows = []
+    gray = p.get("grayscale")
+    if gray:
+        rows.append(
+            [
+                f"grayscale in → out: max chroma over {gray['outputs']} outputs ({gray['faces']} faces)",
+                f"{gray['max_chroma']} ({_pct(gray['share_gray'])} ≤ {gray['limit']})",
+                f"colour originals: median {gray['real_faces_median_max_chroma']:.0f}",
+                str(gray["inputs_max_chroma"]),
+                f"≤ {gray['limit']}",
+            ]
+        )
+    detail = p.get("detail")
+    if detail:
+        for key, name in (("upscaled", "upscaled"), ("upscaled_grain", f"upscaled + grain {detail.get('grain')}")):
+            d = detail.get(key)
+            if d:
+                rows.append(
+                    [
+                        f"fine detail kept, astronaut at {detail['photo_side']} px ({name}), min over targets",
+                        f"{d['min']:.3f}",
+                        f"{d['round_trip_size']} px round trip: {d['round_trip']:.3f}",
+                        f"{d['unchanged']:.3f}",
+                        f"≥ {detail['target']}",
+                    ]
+                )
+    return rows
+
+
+def _yes(value) -> str:
+    return "–" if value is None else ("yes" if value else "no")
+
+
+def _gender_section(m: dict) -> list[str]:
+    if not any(t.get("gender") for t in m["targets"]):
+        return ["## Gender", "", "Not measured: the judge has no gender head (an estimator trained before it had one)."]
+    rows = []
+    for t in m["targets"]:
+        g = t["gender"]
+        rows.append(
+            [
+                t["label"],
+                _pct(g["kept"]),
+                f"{_pct(g['kept_female_inputs'])} ({g['n_female_inputs']})",
+                f"{_pct(g['kept_male_inputs'])} ({g['n_male_inputs']})",
+                _pct(g["output_accuracy"]),
+                _pct(g["input_accuracy"]),
+                _pct(g.get("real_accuracy")),
+            ]
+        )
+    header = ["target", "kept", "kept, female inputs (n)", "kept, male inputs (n)", "outputs = label"]
+    header += ["inputs = label", "real faces = label"]
+    return [
+        "## Gender",
+        "",
+        "Kept: the judge's verdict (P(female) > 0.5) on the output equals its verdict on the input. Inputs are split "
+        "by the dataset's gender label; the last three columns are the judge's agreement with that label on the "
+        "outputs, on their (unchanged) inputs and on real faces of the target group.",
+        "",
+        _table(header, rows),
+    ]
+
+
+def _colour_section(m: dict) -> list[str]:
+    c = m.get("colour")
+    if not c:
+        return []
+    per = " · ".join(f"{t['label']} {_pct(t['artefact_share'])}" for t in m["targets"])
+    return [
+        "## Colour artefacts",
+        "",
+        f"An output has a colour blotch when, inside {c['region']}, a connected patch of at least "
+        f"{c['min_blob']:.1%} of the image has a chroma (Cb, Cr) more than {c['threshold_chroma']:g} levels away "
+        "from every colour of the input within 2 px (after fitting one global colour change per image, which "
+        "absorbs brightness, contrast, saturation and white balance). "
+        f"Outputs flagged: **{_pct(c['share'])}**, {_pct(c.get('share_large'))} with blotches over 1% of the face "
+        f"region (mean blotch area {c['mean_area']:.2%}); "
+        f"unchanged inputs: {_pct(c['inputs_share'])}; inputs after a plain edit ({c['edit']}): "
+        f"{_pct(c['edit_share'])}.",
+        "",
+        f"Per target: {per}.",
+    ]
+
+
+def _photo_section(m: dict) -> list[str]:
+    p = m.get("photo_checks") or {}
+    if not p:
+        return []
+    lines = ["## Through `faceage.load(model).age` (the user's path)", ""]
+    gray = p.get("grayscale")
+    if gray:
+        lines.append(
+            f"**Grayscale in → grayscale out**: {gray['faces']} test faces made grey (L → RGB), aged with "
+            f"`aligned=True` to {', '.join(gray['targets'])}: largest chroma (max − min of R, G, B) of any output "
+            f"pixel {gray['max_chroma']} (limit {gray['limit']}), mean per output {gray['mean_max_chroma']:.1f}; "
+            f"{_pct(gray['share_gray'])} of outputs stay grey. The grey inputs: {gray['inputs_max_chroma']}."
+        )
+        lines.append("")
+    d = p.get("detail")
+    if d:
+        for key in ("upscaled", "upscaled_grain"):
+            r = d.get(key)
+            if not r:
+                continue
+            what = "upscaled (Lanczos)" if key == "upscaled" else f"upscaled, then grain of std {d['grain']} added"
+            per = ", ".join(f"{t} {v:.3f}" for t, v in r["per_target"].items())
+            lines.append(
+                f"**Fine detail kept**, astronaut {what} to {d['photo_side']} px, aged in photo mode: high-pass "
+                f"correlation (σ = 1 px) of input and output over the face box {d['face_box']}: {per} (target ≥ "
+                f"{d['target']}); a {r['round_trip_size']} px round trip of the face box scores {r['round_trip']:.3f}, "
+                f"the unchanged input {r['unchanged']:.3f}."
+            )
+            lines.append("")
+    return lines[:-1]
+
+
 def _estimator_line(m: dict) -> str:
     est, data = m.get("estimator", {}), m["data"]
-    line = f"Estimator MAE on these real faces: {data['estimator_mae_on_reference']:.2f} years"
+    line = f"Judge's MAE on these real faces: {data['estimator_mae_on_reference']:.2f} years"
+    if data.get("estimator_gender_accuracy_on_reference") is not None:
+        line += f", gender accuracy {data['estimator_gender_accuracy_on_reference']:.1%}"
     if est.get("test_mae") is not None:
-        line += f" (estimator `{est['path']}`, its own test MAE {est['test_mae']:.2f})"
+        line += f" (judge `{est['path']}`, its own test MAE {est['test_mae']:.2f})"
     if "estimator_trained_on_reference_faces" in data:
         n = data["estimator_trained_on_reference_faces"]
         line += f"; it was trained on {n} of the {data['n_reference']} real faces used here"

@@ -1,14 +1,18 @@
-"""``faceage eval``'s engine: age test faces to every target group and measure age, identity and realism.
+"""``faceage eval``'s engine: age test faces to every target group and measure age, gender, identity, colour
+and realism.
 
 The run has three phases, each with a progress bar:
 
-1. **reference**: every real face of the split (or a seeded cap of them) is judged by the age estimator
-   and embedded by the face recogniser; these give the real-face ages per group (the "generic" column
-   of the AcGAN table), the real-face distributions the Fréchet distances compare with, and the
-   different-person pairs that calibrate the FAR = 0.1 % verification threshold;
+1. **reference**: every real face of the split (or a seeded cap of them) is judged by the judge (age,
+   gender, features) and embedded by the face recogniser; these give the real-face ages and gender
+   accuracy per group (the "generic" column of the AcGAN table), the real-face distributions the Fréchet
+   distances compare with, and the different-person pairs that calibrate the FAR = 0.1 % threshold;
 2. **generation**: each source face is aged to each target group; every output is quantised to uint8
-   (what a user would save) before it is judged, embedded and searched for a face;
+   (what a user would save) before it is judged, embedded, searched for a face and scored for colour
+   blotches against its input;
 3. **metrics**: plain NumPy on the collected arrays (``faceage.eval.metrics``).
+
+Every figure comes with what the same judge gives for real faces and for the unchanged input.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from faceage.eval import metrics as M
@@ -27,6 +30,8 @@ from faceage.eval.age_estimator import AgeEstimator, sample_ids
 from faceage.eval.train_estimator import to_input
 from faceage.groups import AgeScheme
 
+# Blotches covering at least this share of the face region are "large" (reported beside any blotch at all).
+LARGE_BLOTCH = 0.01
 # Different-person pairs grow as n²: 3,000 faces already give 4.5 M pairs, plenty for FAR = 0.1 %.
 MAX_CALIBRATION_FACES = 3000
 
@@ -47,6 +52,9 @@ class EvalConfig:
     far: float = 1e-3
     bf16: bool = True
     grid_faces: int = 6
+    gray_faces: int = 16  # faces for the grayscale check through faceage.load(model).age; 0 skips it
+    detail_side: int = 2048  # side of the upscaled photo of the fine-detail check; 0 skips it
+    detail_photo: str | None = None  # that photo; None: the bundled astronaut
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Judges:
     estimator_size: int
     estimator_train_ids: set[str] | None = None
     fid: torch.nn.Module | None = None
+    estimator_name: str = "age estimator"
 
 
 @dataclass
@@ -81,6 +90,8 @@ class _Collected:
     source: list[np.ndarray] = field(default_factory=list)  # index into the source list
     target: list[np.ndarray] = field(default_factory=list)
     age: list[np.ndarray] = field(default_factory=list)
+    female: list[np.ndarray] = field(default_factory=list)  # P(female); empty without a gender head
+    artefact: list[np.ndarray] = field(default_factory=list)  # colour-blotch share of the face region
     feat: list[np.ndarray] = field(default_factory=list)
     emb: list[np.ndarray] = field(default_factory=list)
     detected: list[np.ndarray] = field(default_factory=list)
@@ -102,11 +113,14 @@ def _to_uint8(y: torch.Tensor) -> np.ndarray:
     return ((y.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _judge_input(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    x = to_input(images, device)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
+def _judge_input(images: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
+    """uint8 faces -> the judge's input at ``size`` px (also used by tests/test_bundled_model.py)."""
+    return to_input(images, device, size)
+
+
+# The plain photo edit every colour score must leave alone: contrast x1.15 about mid-grey and +10 brightness.
+def brightness_contrast(images: np.ndarray) -> np.ndarray:
+    return np.clip((images.astype(np.float32) - 128) * 1.15 + 138, 0, 255).round().astype(np.uint8)
 
 
 class Evaluator:
@@ -143,21 +157,35 @@ class Evaluator:
     # -- phase 1 ------------------------------------------------------------------------------------
     def reference(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Estimator ages/features, embeddings (and Inception features) of real faces ``rows``."""
-        out: dict[str, list] = {"age": [], "feat": [], "emb": [], "detected": [], "fid": []}
+        out: dict[str, list] = {"age": [], "female": [], "feat": [], "emb": [], "detected": [], "fid": []}
+        out["artefact_same"], out["artefact_edit"] = [], []
         bs = self.cfg.batch_size
         for start in tqdm(range(0, len(rows), bs), desc="eval: real faces", unit="batch", dynamic_ncols=True):
-            imgs = np.asarray(self.cache.images[rows[start : start + bs]])
-            age, feat = self.judges.estimator.predict(
-                _judge_input(imgs, self.est_size, self.device), bf16=self.cfg.bf16
-            )
-            out["age"].append(age.cpu().numpy())
-            out["feat"].append(feat.cpu().numpy())
+            batch = rows[start : start + bs]
+            imgs = np.asarray(self.cache.images[batch])
+            self._judge(out, imgs)
+            out["artefact_same"].append(self._artefacts(imgs, imgs, batch))
+            out["artefact_edit"].append(self._artefacts(imgs, brightness_contrast(imgs), batch))
             emb, found = self.judges.faces(imgs)
             out["emb"].append(emb)
             out["detected"].append(found)
             if self.judges.fid is not None:
                 out["fid"].append(self._fid_features(imgs))
         return {k: np.concatenate(v) for k, v in out.items() if v}
+
+    def _judge(self, out: dict[str, list], imgs: np.ndarray) -> None:
+        """Append the judge's ages, P(female) and features of uint8 faces ``imgs`` to ``out``'s lists."""
+        j = self.judges.estimator.judge(to_input(imgs, self.device, self.est_size), bf16=self.cfg.bf16)
+        out["age"].append(j.age.cpu().numpy())
+        out["feat"].append(j.features.cpu().numpy())
+        if j.female is not None:
+            out["female"].append(j.female.cpu().numpy())
+
+    def _artefacts(self, sources: np.ndarray, outputs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Colour-blotch share (:func:`metrics.colour_artefact_share`) of each output against its source, inside
+        the cache's face mask when it has one."""
+        masks = self.cache.masks
+        return M.colour_artefact_shares(sources, outputs, None if masks is None else np.asarray(masks[rows]))
 
     def _fid_features(self, imgs: np.ndarray) -> np.ndarray:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
@@ -178,22 +206,21 @@ class Evaluator:
             for t in sorted(set(self.targets) | set(src_group.tolist())):
                 # A target outside --targets is generated only for the faces it reconstructs.
                 keep = np.ones(len(pos), bool) if t in self.targets else src_group == t
-                self._one_target(col, x[torch.from_numpy(keep)], imgs[keep], pos[keep], t, grid)
+                self._one_target(col, x[torch.from_numpy(keep)], imgs[keep], sources[pos[keep]], pos[keep], t, grid)
             bar.update(len(pos))
         bar.close()
         return col.arrays()
 
-    def _one_target(self, col: _Collected, x, imgs, pos, t: int, grid: dict[int, np.ndarray]) -> None:
+    def _one_target(self, col: _Collected, x, imgs, rows, pos, t: int, grid: dict[int, np.ndarray]) -> None:
         target = torch.full((len(pos),), t, dtype=torch.int64, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             y = self.G(x, target)
         assert y.shape == x.shape, (y.shape, x.shape)
         out = _to_uint8(y)
-        age, feat = self.judges.estimator.predict(_judge_input(out, self.est_size, self.device), bf16=self.cfg.bf16)
+        self._judge(col.__dict__, out)
+        col.artefact.append(self._artefacts(imgs, out, rows))
         col.source.append(pos)
         col.target.append(np.full(len(pos), t))
-        col.age.append(age.cpu().numpy())
-        col.feat.append(feat.cpu().numpy())
         emb, found = self.judges.faces(out)
         col.emb.append(emb)
         col.detected.append(found)
@@ -224,6 +251,7 @@ class Evaluator:
                 f"{len(reference)} real faces give {pairs} different-person pairs, too few to calibrate "
                 f"FAR={self.cfg.far:g} (needs {int(np.ceil(1 / self.cfg.far))}); use a larger split or a higher --far"
             )
+        self._reference_rows = reference
         ref = self.reference(reference)
         self.timing["reference_s"] = time.perf_counter() - t0
 
@@ -265,6 +293,7 @@ class Evaluator:
         """Every metric of the report from the collected arrays; plain floats and lists only."""
         t = tqdm(total=3 + len(self.targets), desc="eval: metrics", unit="step", dynamic_ncols=True)
         src_in_ref = np.searchsorted(reference, sources)
+        inputs = self._inputs_of(src_in_ref, ref, out)
         ref_groups = self.groups[reference]
         identity = self._identity(reference, ref["emb"])
         t.update(1)
@@ -275,18 +304,25 @@ class Evaluator:
         per_target = []
         for g in self.targets:
             per_target.append(
-                self._target_metrics(g, out, out["target"] == g, dist, ref, ref_groups, src_in_ref, thresholds)
+                self._target_metrics(g, out, out["target"] == g, dist, ref, ref_groups, src_in_ref, thresholds, inputs)
             )
             t.update(1)
         result = {
             "model": {k: self.meta.get(k) for k in ("model", "image_size", "scheme")},
             "config": {**self.cfg.__dict__, "targets": self.targets},
             "data": self._data_summary(sources, reference, ref, ref_groups),
-            "judges": {"embedding": self.judges.faces_name, "detector": self.judges.detector_name},
+            "judges": {
+                "estimator": self.judges.estimator_name,
+                "embedding": self.judges.faces_name,
+                "detector": self.judges.detector_name,
+            },
             "warnings": self.warnings,
             "identity": identity,
             "targets": per_target,
-            "overall": self._overall(out, main, dist, thresholds),
+            "overall": self._overall(out, main, dist, thresholds, inputs),
+            "age_order": self._age_order(out, main, ref, ref_groups, inputs),
+            "realism": {**_realism_summary(per_target), **self._pooled_realism(sources, reference, ref, out, main)},
+            "colour": self._colour_summary(out, main, ref),
             "reconstruction": self._reconstruction(out, recon, dist, thresholds),
         }
         t.update(2)
@@ -312,7 +348,7 @@ class Evaluator:
             "_impostor": impostor,
         }
 
-    def _target_metrics(self, g, out, rows, dist, ref, ref_groups, src_in_ref, thresholds) -> dict:
+    def _target_metrics(self, g, out, rows, dist, ref, ref_groups, src_in_ref, thresholds, inputs) -> dict:
         real = ref_groups == g
         ages = out["age"][rows]
         m: dict = {"group": g, "label": self.scheme.label(g), "n_outputs": int(rows.sum()), "n_real": int(real.sum())}
@@ -329,17 +365,150 @@ class Evaluator:
         m["real_detected"] = float(ref["detected"][real].mean()) if real.any() else None
         enough = real.sum() >= 2 and rows.sum() >= 2
         m["fd_dlib"] = M.frechet_distance(out["emb"][rows], ref["emb"][real]) if enough else None
-        m["fd_age"] = M.frechet_distance(out["feat"][rows], ref["feat"][real]) if enough else None
+        m["fd_judge"] = M.frechet_distance(out["feat"][rows], ref["feat"][real]) if enough else None
         # What a generator that returns its input unchanged would score: context for the two above.
         m["fd_dlib_inputs"] = M.frechet_distance(ref["emb"][src_in_ref], ref["emb"][real]) if enough else None
-        m["fd_age_inputs"] = M.frechet_distance(ref["feat"][src_in_ref], ref["feat"][real]) if enough else None
+        m["fd_judge_inputs"] = M.frechet_distance(ref["feat"][src_in_ref], ref["feat"][real]) if enough else None
+        m["fd_judge_real_halves"] = self._split_half_fd(ref["feat"][real])
+        m["artefact_share"] = float(np.mean(out["artefact"][rows] > 0))
+        m["gender"] = self._gender(out, rows, inputs, ref, real)
         if "fid" in out:
             m["fid"] = M.frechet_distance(out["fid"][rows], ref["fid"][real]) if enough else None
             m["kid"] = M.kernel_inception_distance(out["fid"][rows], ref["fid"][real])[0] if enough else None
         return m
 
-    def _overall(self, out, rows, dist, thresholds) -> dict:
+    def _inputs_of(self, src_in_ref: np.ndarray, ref: dict, out: dict) -> dict[str, np.ndarray | None]:
+        """Per output row: its input's judged age, judged P(female) and labelled gender (-1 unknown)."""
+        at = src_in_ref[out["source"]]
+        female = ref.get("female")
+        return {
+            "age": ref["age"][at],
+            "female": None if female is None else female[at],
+            "label": self.cache.genders[self._reference_rows][at].astype(int),
+        }
+
+    def _gender(self, out: dict, rows: np.ndarray, inputs: dict, ref: dict, real: np.ndarray | None) -> dict | None:
+        """Gender kept (the judge's verdict on output = on input) overall and per labelled input gender, the
+        judge's accuracy against the labels on outputs, on their inputs and on real faces (``real`` rows)."""
+        if "female" not in out or inputs["female"] is None:
+            return None
+        said_out, said_in = out["female"][rows] > 0.5, inputs["female"][rows] > 0.5
+        label = inputs["label"][rows]
+        kept = said_out == said_in
+        m = {"kept": float(kept.mean()), "n": int(rows.sum())}
+        for name, value in (("female", 1), ("male", 0)):
+            mine = label == value
+            m[f"kept_{name}_inputs"] = float(kept[mine].mean()) if mine.any() else None
+            m[f"n_{name}_inputs"] = int(mine.sum())
+        m["output_accuracy"] = _label_accuracy(said_out, label)
+        m["input_accuracy"] = _label_accuracy(said_in, label)
+        if real is not None:
+            m["real_accuracy"] = _label_accuracy(
+                ref["female"][real] > 0.5, self.cache.genders[self._reference_rows][real]
+            )
+        return m
+
+    def _age_order(self, out: dict, main: np.ndarray, ref: dict, ref_groups: np.ndarray, inputs: dict) -> dict:
+        """Do estimated ages follow the targets? Spearman(target, estimate), monotone means, spread of the means as a
+        share of real faces' spread (youngest to oldest target), each also for real faces and unchanged inputs."""
+        targets, ages = out["target"][main], out["age"][main]
+        means = [float(ages[targets == g].mean()) for g in self.targets]
+        input_means = [float(inputs["age"][main][targets == g].mean()) for g in self.targets]
+        real_rows = np.isin(ref_groups, self.targets)
+        real_means = [
+            float(ref["age"][ref_groups == g].mean()) if (ref_groups == g).any() else None for g in self.targets
+        ]
+        young, old = self.targets[0], self.targets[-1]
+        labels = self.cache.ages[self._reference_rows]
+        label_means = [float(labels[ref_groups == g].mean()) if (ref_groups == g).any() else None for g in self.targets]
+        label_spread = None if None in (label_means[0], label_means[-1]) else label_means[-1] - label_means[0]
+        label_spread = label_spread if len(self.targets) >= 2 and label_spread and label_spread > 0 else None
+        real_spread = None if None in (real_means[0], real_means[-1]) else real_means[-1] - real_means[0]
+        usable = len(self.targets) >= 2 and real_spread is not None and real_spread > 0
+
+        def spread(m: list[float]) -> float | None:
+            return (m[-1] - m[0]) / real_spread if usable else None
+
+        return {
+            "targets": [self.scheme.label(g) for g in self.targets],
+            "youngest": self.scheme.label(young),
+            "oldest": self.scheme.label(old),
+            "spearman": _spearman_or_none(targets, ages),
+            "means": means,
+            "monotonic": _increasing(means),
+            "spread": spread(means),
+            "real_means": real_means,
+            "real_spread_years": real_spread,
+            "real_spearman": _spearman_or_none(ref_groups[real_rows], ref["age"][real_rows]),
+            "real_monotonic": None not in real_means and _increasing(real_means),
+            "real_label_means": label_means,
+            "spread_vs_labels": (means[-1] - means[0]) / label_spread if label_spread else None,
+            "inputs_spearman": _spearman_or_none(targets, inputs["age"][main]),
+            "inputs_spread": spread(input_means),
+        }
+
+    def _colour_summary(self, out: dict, main: np.ndarray, ref: dict) -> dict:
+        """Share of outputs with a colour blotch, next to the unchanged input and a brightness/contrast edit of it."""
+        return {
+            "threshold_chroma": M.ARTEFACT_CHROMA,
+            "min_blob": M.ARTEFACT_MIN_BLOB,
+            "region": "the cache's face masks" if self.cache.masks is not None else "central ellipse",
+            "share": float(np.mean(out["artefact"][main] > 0)),
+            "share_large": float(np.mean(out["artefact"][main] >= LARGE_BLOTCH)),
+            "mean_area": float(out["artefact"][main].mean()),
+            "inputs_share": float(np.mean(ref["artefact_same"] > 0)),
+            "edit_share": float(np.mean(ref["artefact_edit"] > 0)),
+            "edit": "contrast x1.15 about mid-grey, brightness +10",
+        }
+
+    def _pooled_realism(self, sources, reference, ref: dict, out: dict, main: np.ndarray) -> dict:
+        """The headline realism figure, on disjoint halves so that the unchanged input is not compared with itself.
+
+        A seeded half A of the sources is compared with the real faces B outside A: FD-judge of A's outputs (all
+        targets pooled) to B reweighted to the outputs' target mix (each target group equal), next to A's unchanged
+        inputs to B as it is (both natural mixes) and A's own real faces of the target groups, reweighted the same
+        way, to B (what real faces of those ages score). ratio = outputs / unchanged inputs."""
+        rng = np.random.default_rng(self.cfg.seed + 5)
+        in_a = np.zeros(len(sources), bool)
+        in_a[rng.permutation(len(sources))[: len(sources) // 2]] = True
+        b = ~np.isin(reference, sources[in_a])
+        groups_b, groups_a = self.groups[reference[b]], self.groups[sources[in_a]]
+        targets = [g for g in self.targets if (groups_b == g).sum() >= 1 and (groups_a == g).sum() >= 1]
+        rows = main & in_a[out["source"]] & np.isin(out["target"], targets)
+        if len(targets) == 0 or in_a.sum() < 2 or b.sum() < 2 or rows.sum() < 2:
+            return {"pooled": None}
+        feats_a = ref["feat"][np.searchsorted(reference, sources[in_a])]
+        real_a = np.isin(groups_a, targets)
+        pooled = {
+            "targets": [self.scheme.label(g) for g in targets],
+            "n_sources": int(in_a.sum()),
+            "n_real": int(b.sum()),
+            "fd_outputs": M.weighted_frechet_distance(out["feat"][rows], ref["feat"][b], None, _mix(groups_b, targets)),
+            "fd_inputs": M.frechet_distance(feats_a, ref["feat"][b]),
+            "fd_real": (
+                M.weighted_frechet_distance(
+                    feats_a[real_a], ref["feat"][b], _mix(groups_a[real_a], targets), _mix(groups_b, targets)
+                )
+                if real_a.sum() >= 2
+                else None
+            ),
+        }
+        pooled["ratio"] = pooled["fd_outputs"] / pooled["fd_inputs"] if pooled["fd_inputs"] > 0 else None
+        return {"pooled": pooled}
+
+    def _split_half_fd(self, feats: np.ndarray) -> float | None:
+        """Fréchet distance between two seeded random halves of real faces: what real faces score against real
+        faces (biased up by the halved sample; compare with care)."""
+        if len(feats) < 4:
+            return None
+        order = np.random.default_rng(self.cfg.seed + 3).permutation(len(feats))
+        half = len(feats) // 2
+        return M.frechet_distance(feats[order[:half]], feats[order[half : 2 * half]])
+
+    def _overall(self, out, rows, dist, thresholds, inputs: dict) -> dict:
         m = {"n_outputs": int(rows.sum())}
+        m["gender"] = self._gender(out, rows, inputs, {}, None)
+        m["artefact_share"] = float(np.mean(out["artefact"][rows] > 0))
         m["group_accuracy"] = float(np.mean(_groups_of(self.scheme, out["age"][rows]) == out["target"][rows]))
         m["id_distance_mean"], m["id_distance_std"] = M.mean_std(dist[rows])
         for name, thr in thresholds.items():
@@ -364,6 +533,9 @@ class Evaluator:
                 self.scheme.label(g): int((ref_groups == g).sum()) for g in range(self.scheme.num_groups)
             },
             "estimator_mae_on_reference": float(np.abs(ref["age"] - self.cache.ages[reference]).mean()),
+            "estimator_gender_accuracy_on_reference": (
+                _label_accuracy(ref["female"] > 0.5, self.cache.genders[reference]) if "female" in ref else None
+            ),
             "real_detected": float(ref["detected"].mean()),
         }
         if self.judges.estimator_train_ids is not None:
@@ -382,6 +554,50 @@ def parse_targets(scheme: AgeScheme, targets: list[int | str] | None) -> list[in
             raise ValueError(f"target group {t} out of range for scheme {scheme.name!r}")
         groups.add(t if isinstance(t, int) else scheme.parse(t))
     return sorted(groups)
+
+
+def _increasing(values: list[float]) -> bool:
+    """Strictly increasing (and at least two values)."""
+    return len(values) >= 2 and all(b > a for a, b in zip(values[:-1], values[1:], strict=True))
+
+
+def _label_accuracy(said_female: np.ndarray, labels: np.ndarray) -> float | None:
+    """Share of labelled rows (0 male, 1 female) where the judge's verdict matches; None when none is labelled."""
+    known = (labels == 0) | (labels == 1)
+    return float(np.mean(said_female[known] == (labels[known] == 1))) if known.any() else None
+
+
+def _spearman_or_none(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 2:
+        return None
+    value = M.spearman(x, y)
+    return None if np.isnan(value) else value
+
+
+def _mix(groups: np.ndarray, targets: list[int]) -> np.ndarray:
+    """Row weights giving each of ``targets`` equal total weight (0 for rows of other groups)."""
+    w = np.zeros(len(groups))
+    for g in targets:
+        mine = groups == g
+        if mine.any():
+            w[mine] = 1.0 / mine.sum()
+    return w
+
+
+def _realism_summary(per_target: list[dict]) -> dict:
+    """Fréchet distances in the judge's features summed over the targets that have both, outputs vs. unchanged
+    inputs; the ratio is the headline (1.0: as close to real faces of the target as the input already was)."""
+    rows = [t for t in per_target if t["fd_judge"] is not None and t["fd_judge_inputs"] is not None]
+    fd = float(sum(t["fd_judge"] for t in rows)) if rows else None
+    fd_inputs = float(sum(t["fd_judge_inputs"] for t in rows)) if rows else None
+    halves = [t["fd_judge_real_halves"] for t in rows]
+    return {
+        "targets": [t["label"] for t in rows],
+        "fd_judge_sum": fd,
+        "fd_judge_inputs_sum": fd_inputs,
+        "ratio": fd / fd_inputs if rows and fd_inputs > 0 else None,
+        "fd_judge_real_halves_sum": float(sum(halves)) if rows and None not in halves else None,
+    }
 
 
 def _groups_of(scheme: AgeScheme, ages: np.ndarray) -> np.ndarray:

@@ -87,6 +87,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a faceage checkpoint (missing {e})") from None
     meta["align"] = ckpt.get("align")
+    if "critics" in ckpt:  # frozen age/gender networks it trained against (faceage eval will not judge with them)
+        meta["critics"] = ckpt["critics"]
     weights = networks.get("generator_ema", networks.get("generator")) if isinstance(networks, dict) else None
     if weights is None:
         raise ValueError(f"{path} holds no generator weights (networks: {sorted(networks or [])})")
