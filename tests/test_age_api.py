@@ -65,7 +65,11 @@ def test_aligned_crop_is_the_generator_output_at_the_input_size(ager):
     out = ager.age(crop, 45, aligned=True)
     x = crop.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1
     y = TorchBackend(ager.backend.generator)(x, np.array([3]))[0].transpose(1, 2, 0)
-    np.testing.assert_array_equal(np.asarray(out), np.clip(np.rint((y + 1) * 127.5), 0, 255).astype(np.uint8))
+    expected = np.clip(np.rint((y + 1) * 127.5), 0, 255).astype(np.int16)
+    # The same network on the same pixels; float sums in another order (thread count, batch) may round a value
+    # that sits on a .5 boundary the other way, so a handful of pixels may differ by one level.
+    diff = np.abs(np.asarray(out).astype(np.int16) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
     resized = ager.age(Image.fromarray(_noise(50, 70)), "21-30", aligned=True)
     assert resized.size == (70, 50) and resized.mode == "RGB"
 
