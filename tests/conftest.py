@@ -154,3 +154,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _register_identity_model():
+    """A registered 'generator' that returns its input (model name ``eval-test-identity``): every eval metric
+    then has a known value. Returns its network class, for tests that save one."""
+    import torch
+    from torch import nn
+
+    from faceage.models.registry import register_model
+
+    class Identity(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return x
+
+    @register_model("eval-test-identity")
+    class IdentityModel:
+        @staticmethod
+        def build_generator(model_config: dict) -> nn.Module:
+            return Identity()
+
+    return Identity
+
+
+IdentityGenerator = _register_identity_model()

@@ -15,8 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ASTRONAUT_BOX, HOPPER_BOX, photo_chip, write_synthetic_faces
-from torch import nn
+from conftest import ASTRONAUT_BOX, HOPPER_BOX, IdentityGenerator, photo_chip, write_synthetic_faces
 
 from faceage.eval.age_estimator import (
     AgeEstimator,
@@ -31,7 +30,6 @@ from faceage.eval.age_estimator import (
     training_ids,
 )
 from faceage.eval.train_estimator import EstimatorTrainConfig, augment, to_input, train_age_estimator
-from faceage.models.registry import register_model
 
 TINY_ESTIMATOR = AgeEstimatorConfig(widths=(8, 16), blocks=(1, 1))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -160,30 +158,12 @@ def test_augment_keeps_shape_range_and_is_seeded(tiny_cache):
     assert not torch.equal(a, x)
 
 
-@register_model("eval-test-identity")
-class _IdentityModel:
-    """A 'generator' that returns its input: every metric then has a known value."""
-
-    @staticmethod
-    def build_generator(model_config: dict) -> nn.Module:
-        return _Identity()
-
-
-class _Identity(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.unused = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 def _identity_model(tmp_path, scheme: str = "acgan5", image_size: int = 32):
     from faceage.groups import get_scheme
     from faceage.models.pretrained import save_pretrained
 
     meta = {"model": "eval-test-identity", "model_config": {}, "scheme": get_scheme(scheme).to_dict()}
-    return save_pretrained(tmp_path / "identity", _Identity(), {**meta, "image_size": image_size})
+    return save_pretrained(tmp_path / "identity", IdentityGenerator(), {**meta, "image_size": image_size})
 
 
 def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_estimator, tmp_path):

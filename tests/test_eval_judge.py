@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_synthetic_faces
+from conftest import IdentityGenerator, write_synthetic_faces
 from torch import nn
 
 from faceage.eval import train_estimator as T
@@ -23,7 +23,6 @@ from faceage.eval.age_estimator import (
     save_estimator,
     weights_digest,
 )
-from faceage.models.registry import register_model
 
 TINY = AgeEstimatorConfig(widths=(8, 16), blocks=(1, 1))
 TINY_OTHER = AgeEstimatorConfig(widths=(8, 16), blocks=(1, 1), block="bottleneck", stem="conv3x2")
@@ -141,22 +140,6 @@ def test_other_architectures_build_and_judge():
 # -- eval: the judge may not be a critic ------------------------------------------------------------------------
 
 
-@register_model("eval-judge-test-identity")
-class _IdentityModel:
-    @staticmethod
-    def build_generator(model_config: dict) -> nn.Module:
-        return _Identity()
-
-
-class _Identity(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.unused = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 @pytest.fixture(scope="module")
 def two_judges(tmp_path_factory):
     """A tiny 32 px cache and two tiny estimators trained on its train split: another architecture and seed."""
@@ -180,11 +163,11 @@ def _model(tmp_path, critics: list[dict] | None):
     from faceage.groups import get_scheme
     from faceage.models.pretrained import save_pretrained
 
-    meta = {"model": "eval-judge-test-identity", "model_config": {}, "scheme": get_scheme("acgan5").to_dict()}
+    meta = {"model": "eval-test-identity", "model_config": {}, "scheme": get_scheme("acgan5").to_dict()}
     meta["image_size"] = 32
     if critics is not None:
         meta["critics"] = critics
-    return save_pretrained(tmp_path / "model", _Identity(), meta)
+    return save_pretrained(tmp_path / "model", IdentityGenerator(), meta)
 
 
 def test_eval_refuses_to_judge_a_model_with_its_critic(two_judges, tmp_path, capsys):
@@ -205,7 +188,7 @@ def test_eval_refuses_to_judge_a_model_with_its_critic(two_judges, tmp_path, cap
     assert main([*argv, "--judge", str(critic), "--critic", digest, "--out", str(tmp_path / "r1")]) == 2
     # A training checkpoint carries its critics too.
     ckpt = {k: v for k, v in json.loads((model / "config.json").read_text()).items() if k != "format_version"}
-    torch.save({**ckpt, "networks": {"generator": _Identity().state_dict()}}, tmp_path / "ckpt.pt")
+    torch.save({**ckpt, "networks": {"generator": IdentityGenerator().state_dict()}}, tmp_path / "ckpt.pt")
     with pytest.raises(JudgeError, match="refusing"):
         evaluate(tmp_path / "ckpt.pt", cache.path, cfg, estimator=critic)
 
