@@ -66,6 +66,46 @@ class AgeScheme:
             return low + _OPEN_GROUP_SPAN / 2
         return (low + high) / 2
 
+    def position(self, age: float) -> float:
+        """The continuous group coordinate of an age in years: piecewise linear between the groups'
+        representative ages, so 37 in ``ffhq10`` (30-39 stands for 34.5, 40-49 for 44.5) is 6.25.
+
+        Ages below the first group's or above the last group's representative age clamp to 0 or
+        ``num_groups - 1``. A generator conditioned on a float position interpolates between the two
+        neighbouring groups (see :func:`faceage.nn.layers.two_hot`)."""
+        if age < 0:
+            raise ValueError(f"age must be >= 0, got {age}")
+        reps = [self.representative_age(g) for g in range(self.num_groups)]
+        if age <= reps[0]:
+            return 0.0
+        for g in range(self.num_groups - 1):
+            if age <= reps[g + 1]:
+                return g + (age - reps[g]) / (reps[g + 1] - reps[g])
+        return float(self.num_groups - 1)
+
+    def age_at(self, position: float) -> float:
+        """The age in years a continuous group coordinate stands for (the inverse of :meth:`position`)."""
+        if not 0 <= position <= self.num_groups - 1:
+            raise ValueError(f"position must be in [0, {self.num_groups - 1}], got {position}")
+        g = min(int(position), self.num_groups - 2)
+        low, high = self.representative_age(g), self.representative_age(g + 1)
+        return low + (position - g) * (high - low)
+
+    def parse_position(self, target: float | str) -> float:
+        """Continuous group coordinate of an age (``37``, ``"37.5"``: :meth:`position`) or of a group label
+        (``"30-39"``: that group's index, exactly)."""
+        if isinstance(target, int | float) and not isinstance(target, bool):
+            return self.position(float(target))
+        text = str(target).strip()
+        if text in self.labels:
+            return float(self.labels.index(text))
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return self.position(float(text))
+        raise ValueError(
+            f"{target!r} is neither an age in years nor a group of scheme {self.name!r}; "
+            f"groups: {', '.join(self.labels)}"
+        )
+
     def parse(self, target: int | str) -> int:
         """Group index of an age (``70``, ``"70"``) or a group label (``"30-39"``, ``"70+"``)."""
         if isinstance(target, int | float) and not isinstance(target, bool):

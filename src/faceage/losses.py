@@ -53,3 +53,39 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.T
     diff = (a.float() - b.float()).abs().mean(dim=1, keepdim=True)
     weight = weight.float()
     return (diff * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def wasserstein_critic(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """WGAN critic loss: ``E[D(fake)] - E[D(real)]`` (the critic minimises it)."""
+    return fake_scores.float().mean() - real_scores.float().mean()
+
+
+def wasserstein_generator(fake_scores: torch.Tensor) -> torch.Tensor:
+    """WGAN generator loss: ``-E[D(fake)]``."""
+    return -fake_scores.float().mean()
+
+
+def gradient_penalty(scores: torch.Tensor, interpolates: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): ``E[(||grad_x D(x_hat)||_2 - 1)^2]`` over interpolates ``x_hat``.
+
+    ``interpolates`` must have ``requires_grad`` set before ``scores`` were computed from them.
+    """
+    (grad,) = torch.autograd.grad(scores.float().sum(), interpolates, create_graph=True)
+    return (grad.float().flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def total_variation(mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of neighbouring pixels of a mask [B,1,H,W]: smooth attention maps."""
+    m = mask.float()
+    return (m[:, :, 1:, :] - m[:, :, :-1, :]).square().mean() + (m[:, :, :, 1:] - m[:, :, :, :-1]).square().mean()
+
+
+def age_l1(estimated: torch.Tensor, target_years: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error in years between a frozen critic's age estimates [B] and the target ages [B]."""
+    return (estimated.float() - target_years.float()).abs().mean()
+
+
+def gender_consistency(fake_logit: torch.Tensor, real_logit: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of a critic's gender logit on the output against its (detached) probability on
+    the input: the output keeps the input's gender as the critic sees it."""
+    return F.binary_cross_entropy_with_logits(fake_logit.float(), torch.sigmoid(real_logit.float()).detach())

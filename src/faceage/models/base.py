@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from faceage.groups import AgeScheme
+
 
 @dataclass
 class Phase:
@@ -70,7 +72,11 @@ class FaceAgingModel(nn.Module):
 
     @classmethod
     def build_generator(cls, model_config: dict) -> nn.Module:
-        """The inference generator ``G(x [B,3,S,S] in [-1,1], target int64 [B]) -> [B,3,S,S] in [-1,1]``."""
+        """The inference generator ``G(x [B,3,S,S] in [-1,1], target [B]) -> [B,3,S,S] in [-1,1]``.
+
+        ``target`` is the age as a float group position (``AgeScheme.position``: 6.25 lies a quarter of the way
+        from group 6 to group 7); int64 group indices are accepted as the same positions. Condition on it with
+        :func:`faceage.nn.layers.two_hot` or :class:`faceage.nn.layers.AgeEmbedding`."""
         raise NotImplementedError
 
     def networks(self) -> dict[str, nn.Module]:
@@ -89,6 +95,22 @@ class FaceAgingModel(nn.Module):
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> list[Phase]:
         """The phases of training step ``step`` on ``batch`` (a dict of tensors already on the device)."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_grid(
+        self, generator: nn.Module, images: torch.Tensor, scheme: AgeScheme
+    ) -> tuple[torch.Tensor, list[str]]:
+        """The training run's sample picture: tiles ``[rows, cols, 3, S, S]`` in [-1, 1] and the column labels.
+
+        By default each face, then ``generator`` (the EMA copy) at every age group. A method overrides this to
+        show more of itself (attention and colour masks, a cycle back to the source age, a latent's decoding).
+        """
+        outputs, labels = [images], ["input"]
+        for group in range(scheme.num_groups):
+            target = torch.full((images.shape[0],), float(group), device=images.device)
+            outputs.append(generator(images, target).float())
+            labels.append(scheme.label(group))
+        return torch.stack(outputs, dim=1), labels
 
 
 def config_from_dict(cls: type, data: dict, where: str) -> Any:

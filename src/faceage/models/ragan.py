@@ -46,6 +46,7 @@ from faceage import losses
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
 from faceage.nn.layers import (
+    AgeEmbedding,
     DownBlock,
     EqualConv2d,
     EqualLinear,
@@ -144,7 +145,7 @@ class AgeModulator(nn.Module):
         super().__init__()
         dim = cfg.style_dim
         self.identity = EqualLinear(cfg.enc_channels(cfg.downsamples), dim)
-        self.age = nn.Embedding(cfg.num_groups, dim)
+        self.age = AgeEmbedding(cfg.num_groups, dim)
         self.gate_age = nn.ModuleList(EqualLinear(dim, dim, bias_init=1.0) for _ in range(cfg.modulator_layers))
         self.gate_identity = nn.ModuleList(EqualLinear(dim, dim) for _ in range(cfg.modulator_layers))
         self.mix = nn.ModuleList(EqualLinear(dim, dim) for _ in range(cfg.modulator_layers))

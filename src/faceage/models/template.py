@@ -23,7 +23,7 @@ from torch import nn
 from faceage import losses
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
-from faceage.nn.layers import DownBlock, EqualConv2d, EqualLinear, leaky_relu
+from faceage.nn.layers import AgeEmbedding, DownBlock, EqualConv2d, EqualLinear, leaky_relu
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TemplateGenerator(nn.Module):
 
     def __init__(self, cfg: TemplateConfig) -> None:
         super().__init__()
-        self.age = nn.Embedding(cfg.num_groups, cfg.channels)
+        self.age = AgeEmbedding(cfg.num_groups, cfg.channels)  # float group positions: see two_hot
         self.conv_in = EqualConv2d(3, cfg.channels, 3)
         self.conv_out = EqualConv2d(cfg.channels, 3, 3)
 

@@ -45,6 +45,36 @@ def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
     return _ChannelsLastGrad.apply(x)
 
 
+def two_hot(target: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Age condition vectors [B, num_groups] of float group positions [B] (or int64 group indices).
+
+    Position ``6.25`` is 0.75 of group 6 plus 0.25 of group 7; an integer position is the one-hot vector of
+    that group. Every method conditions on this (as a vector, a tiled map or a blend of learned
+    embeddings), so ``--to 37`` means 37 years, between the groups that bracket it. Traces to ONNX.
+    """
+    t = target.float().clamp(0, num_groups - 1)
+    low = t.floor().clamp(max=num_groups - 2)
+    frac = (t - low)[:, None]
+    groups = torch.arange(num_groups, device=t.device, dtype=torch.float32)[None, :]
+    low = low[:, None]
+    return (groups == low).float() * (1 - frac) + (groups == low + 1).float() * frac
+
+
+class AgeEmbedding(nn.Module):
+    """A learned vector per age group, blended between neighbouring groups for a float position.
+
+    State-dict compatible with ``nn.Embedding(num_groups, dim)`` (one ``weight`` [num_groups, dim]).
+    """
+
+    def __init__(self, num_groups: int, dim: int) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.weight = nn.Parameter(torch.randn(num_groups, dim))
+
+    def forward(self, target: torch.Tensor) -> torch.Tensor:
+        return two_hot(target, self.num_groups) @ self.weight
+
+
 class EqualLinear(nn.Module):
     """A linear layer with StyleGAN's equalised learning rate: weights ~ N(0, 1) scaled at run time.
 

@@ -45,7 +45,7 @@ from faceage.train import distributed as ddp
 from faceage.train.config import RunConfig, TrainConfig
 from faceage.train.cpu import keep_freed_memory
 from faceage.train.data import augment, batches, position_of_step
-from faceage.train.samples import age_grid, grid_image, pick_faces
+from faceage.train.samples import grid_image, pick_faces
 from faceage.utils import atomic_open, atomic_write_text
 
 CONFIG_NAME = "config.yaml"
@@ -207,9 +207,9 @@ class Trainer:
         faces = pick_faces(FaceDataset(self.cache, split, self.scheme), self.cfg.train.sample_rows)
         images = faces["image"].to(self.dist.device)
         with self.autocast:
-            grid = age_grid(self.ema, images, self.scheme)
+            grid, labels = self.model.sample_grid(self.ema, images, self.scheme)
         rows = [f"{age:.0f}" for age in faces["age"].tolist()]
-        return torch.from_numpy(grid_image(grid, ["input", *self.scheme.labels], rows).copy())
+        return torch.from_numpy(grid_image(grid, labels, rows).copy())
 
     def state(self) -> dict:
         """The checkpoint of this run at the current step (plain data; see faceage.train.checkpoint)."""

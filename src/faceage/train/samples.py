@@ -1,4 +1,5 @@
-"""Sample grids: fixed validation faces (rows) shown at every age group (columns), with labels."""
+"""Sample grids: fixed validation faces (rows) and what the model makes of them (columns, see
+``FaceAgingModel.sample_grid``), with labels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from faceage.data.loader import FaceDataset
-from faceage.groups import AgeScheme
 
 HEADER = 18  # pixels of label strip above the grid
 
@@ -17,16 +17,6 @@ def pick_faces(dataset: FaceDataset, rows: int) -> dict[str, torch.Tensor]:
     order = np.argsort(dataset.ages.numpy(), kind="stable")
     picks = order[np.linspace(0, len(order) - 1, num=min(rows, len(order))).round().astype(int)]
     return dataset.batch(picks.tolist())
-
-
-@torch.no_grad()
-def age_grid(generator: torch.nn.Module, images: torch.Tensor, scheme: AgeScheme) -> torch.Tensor:
-    """``[rows, 1 + groups, 3, S, S]`` in [-1, 1]: each input face, then the generator's output per group."""
-    outputs = [images]
-    for group in range(scheme.num_groups):
-        target = torch.full((images.shape[0],), group, dtype=torch.long, device=images.device)
-        outputs.append(generator(images, target).float())
-    return torch.stack(outputs, dim=1)
 
 
 def grid_image(grid: torch.Tensor, column_labels: list[str], row_labels: list[str]) -> np.ndarray:
