@@ -47,7 +47,7 @@ def test_demo_ages_the_bundled_photo_and_leaves_the_background_alone(tmp_path, c
 @pytest.fixture(scope="module")
 def held_out_faces(utkface_dir):
     """64 UTKFace chips (all ages) outside the training split of the bundled model and judge: (ages, images)."""
-    from faceage.eval.age_estimator import training_ids
+    from faceage.nn.age_estimator import training_ids
 
     trained = training_ids(paths.BUNDLED_WEIGHTS_DIR / "age-estimator")
     names = sorted(n for n in os.listdir(utkface_dir) if n.count("_") == 3 and n.endswith(".jpg.chip.jpg"))
@@ -59,7 +59,7 @@ def held_out_faces(utkface_dir):
 @pytest.fixture(scope="module")
 def estimated_ages():
     """The bundled judge as a function: uint8 faces [N,H,W,3] -> estimated ages [N]."""
-    from faceage.eval.age_estimator import load_estimator
+    from faceage.nn.age_estimator import load_estimator
     from faceage.eval.runner import _judge_input
 
     estimator, _ = load_estimator(paths.BUNDLED_WEIGHTS_DIR / "age-estimator")

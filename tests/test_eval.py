@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import ASTRONAUT_BOX, HOPPER_BOX, IdentityGenerator, photo_chip, write_synthetic_faces
 
-from faceage.eval.age_estimator import (
+from faceage.nn.age_estimator import (
     AgeEstimator,
     AgeEstimatorConfig,
     EstimatorInfo,

@@ -12,7 +12,7 @@ from conftest import IdentityGenerator, write_synthetic_faces
 from torch import nn
 
 from faceage.eval import train_estimator as T
-from faceage.eval.age_estimator import (
+from faceage.nn.age_estimator import (
     AgeEstimator,
     AgeEstimatorConfig,
     EstimatorInfo,

@@ -1,7 +1,7 @@
 """``evaluate(model, cache, ...)``: load everything ``faceage eval`` needs, run it, write the report.
 
 A model is never judged by a network it trained against. A generator's config may list such networks under
-``critics`` (``[{"name": ..., "weights_sha256": ...}]``, :func:`faceage.eval.age_estimator.weights_digest`);
+``critics`` (``[{"name": ..., "weights_sha256": ...}]``, :func:`faceage.nn.age_estimator.weights_digest`);
 more can be named at eval time. The judge's digest must be none of them, and the report says which networks
 the model trained against and which one judged it (architecture, seed, training-split hash).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from faceage import paths
-from faceage.eval.age_estimator import EstimatorInfo, estimator_digest, load_estimator, training_ids
+from faceage.nn.age_estimator import EstimatorInfo, estimator_digest, load_estimator, training_ids
 from faceage.eval.runner import EvalConfig, EvalResult, Evaluator, Judges, parse_targets
 from faceage.groups import AgeScheme
 

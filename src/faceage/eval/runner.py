@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from faceage.eval import metrics as M
-from faceage.eval.age_estimator import AgeEstimator, sample_ids
+from faceage.nn.age_estimator import AgeEstimator, sample_ids
 from faceage.eval.train_estimator import to_input
 from faceage.groups import AgeScheme
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from faceage.eval.age_estimator import (
+from faceage.nn.age_estimator import (
     AgeEstimator,
     AgeEstimatorConfig,
     EstimatorInfo,

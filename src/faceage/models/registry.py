@@ -11,6 +11,8 @@ import importlib
 # Registered name -> module that defines it.
 _MODULES: dict[str, str] = {
     "ragan": "faceage.models.ragan",
+    "acgan": "faceage.models.acgan",
+    "cycle": "faceage.models.cycle",
 }
 _REGISTRY: dict[str, type] = {}
 

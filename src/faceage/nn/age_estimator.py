@@ -1,4 +1,7 @@
-"""A compact CNN that judges apparent age and gender: the referee of ``faceage eval`` (and a possible critic).
+"""A compact CNN that estimates apparent age and gender: the judge of ``faceage eval``, or a frozen critic.
+
+A critic is a network a generator trains against; it lives here, outside ``faceage.eval``, so models import
+it without importing evaluation.
 
 A narrow ResNet (stages of basic or bottleneck blocks after a stride-4 stem, channels-last) maps a face in
 [-1, 1] to a distribution over whole years ``0..max_age``. The estimate is the distribution's expected
