@@ -59,8 +59,8 @@ def held_out_faces(utkface_dir):
 @pytest.fixture(scope="module")
 def estimated_ages():
     """The bundled judge as a function: uint8 faces [N,H,W,3] -> estimated ages [N]."""
-    from faceage.nn.age_estimator import load_estimator
     from faceage.eval.runner import _judge_input
+    from faceage.nn.age_estimator import load_estimator
 
     estimator, _ = load_estimator(paths.BUNDLED_WEIGHTS_DIR / "age-estimator")
     return lambda images: estimator.predict(_judge_input(np.stack(images), 128, "cpu"))[0].numpy()

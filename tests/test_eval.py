@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import ASTRONAUT_BOX, HOPPER_BOX, IdentityGenerator, photo_chip, write_synthetic_faces
 
+from faceage.eval.train_estimator import EstimatorTrainConfig, augment, to_input, train_age_estimator
 from faceage.nn.age_estimator import (
     AgeEstimator,
     AgeEstimatorConfig,
@@ -29,7 +30,6 @@ from faceage.nn.age_estimator import (
     save_estimator,
     training_ids,
 )
-from faceage.eval.train_estimator import EstimatorTrainConfig, augment, to_input, train_age_estimator
 
 TINY_ESTIMATOR = AgeEstimatorConfig(widths=(8, 16), blocks=(1, 1))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from faceage.data.cache import CacheError, open_cache
-    from faceage.nn.age_estimator import AgeEstimatorConfig
     from faceage.eval.cpu import set_threads
     from faceage.eval.train_estimator import EstimatorTrainConfig, train_age_estimator
+    from faceage.nn.age_estimator import AgeEstimatorConfig
     from faceage.precision import resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from faceage import paths
-from faceage.nn.age_estimator import EstimatorInfo, estimator_digest, load_estimator, training_ids
 from faceage.eval.runner import EvalConfig, EvalResult, Evaluator, Judges, parse_targets
 from faceage.groups import AgeScheme
+from faceage.nn.age_estimator import EstimatorInfo, estimator_digest, load_estimator, training_ids
 
 JUDGE_DIRNAME = "judge"  # trained for judging only: no model trains against it
 ESTIMATOR_DIRNAME = "age-estimator"  # the first estimator: kept as a critic models may train against

@@ -26,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 from faceage.eval import metrics as M
-from faceage.nn.age_estimator import AgeEstimator, sample_ids
 from faceage.eval.train_estimator import to_input
 from faceage.groups import AgeScheme
+from faceage.nn.age_estimator import AgeEstimator, sample_ids
 
 # Blotches covering at least this share of the face region are "large" (reported beside any blotch at all).
 LARGE_BLOTCH = 0.01
