@@ -61,6 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gender-weight", type=float, default=2.0, help="weight of the gender loss next to the age loss (default 2)"
     )
+    p.add_argument(
+        "--gender-probe",
+        action="store_true",
+        help="instead of an estimator: fit the gender probe that training critics use (logistic regression on dlib "
+        "face descriptors, train split only) and save it to --out",
+    )
     p.add_argument("--resume", action="store_true", help="continue from --out's training_state.pt (same options)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for quick checks)")
     p.set_defaults(func=run)
@@ -82,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"precision: {precision} ({why})", file=sys.stderr)
     try:
         cache = open_cache(args.data)
+        if args.gender_probe:
+            from faceage.critics import fit_gender_probe
+
+            info = fit_gender_probe(cache, args.out, seed=args.seed)
+            print(
+                f"gender probe saved to {args.out}: test accuracy {info['test_accuracy']:.1%} "
+                f"on {info['num_test']} test faces"
+            )
+            return 0
         model = AgeEstimatorConfig(
             widths=args.widths, blocks=args.blocks, block=args.block, stem=args.stem, gender=not args.no_gender
         )

@@ -96,6 +96,11 @@ class FaceAgingModel(nn.Module):
         """The phases of training step ``step`` on ``batch`` (a dict of tensors already on the device)."""
         raise NotImplementedError
 
+    def critic_records(self) -> list[dict]:
+        """``[{"name", "weights_sha256"}]`` of the frozen networks this model trains against (see
+        ``faceage.critics``); saved with checkpoints and exports so that none of them judges it."""
+        return []
+
     @torch.no_grad()
     def sample_grid(
         self, generator: nn.Module, images: torch.Tensor, scheme: AgeScheme

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceage import losses
+from faceage.critics import Critics, CriticWeights
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
 from faceage.nn.layers import (
@@ -53,15 +54,19 @@ from faceage.nn.layers import (
     ModulatedResBlock,
     channels_last_grad,
     leaky_relu,
+    two_hot,
 )
 
 
 @dataclass
-class RAGANConfig:
-    """RAGAN's architecture and loss weights; saved as ``model_config`` with every checkpoint and export."""
+class RAGANConfig(CriticWeights):
+    """RAGAN's architecture and loss weights; saved as ``model_config`` with every checkpoint and export.
+
+    The frozen critics' weights (``w_age``, ``w_face_id``, ``w_gender``) come from :class:`CriticWeights`."""
 
     image_size: int = 128  # filled in from the training config
     num_groups: int = 10  # filled in from the age scheme
+    group_ages: tuple[float, ...] = ()  # filled in from the age scheme: each group's representative age in years
     channels: int = 16  # per unit of downsampling factor: image_size / 2**k has channels * 2**k, up to max_channels
     max_channels: int = 256
     downsamples: int = 3  # f_id has resolution image_size / 2**downsamples
@@ -70,6 +75,10 @@ class RAGANConfig:
     style_dim: int = 256  # size of the age-aware feature f_aw
     modulator_layers: int = 3  # multiplicative layers in AM: f_aw has interactions up to this order + 2
     to_rgb: str = "upsample"  # "upsample": 2x nearest, then 3x3 conv to RGB; "pixel_shuffle": sub-pixel conv
+    # "direct": the decoder paints the output; "masked": out = x + M * (paint - x) with a change mask M in [0, 1]
+    # from its own head, so what M leaves at 0 is the input exactly (w_mask: mean(M), w_mask_tv: TV(M))
+    output: str = "direct"
+    mask_bias: float = -2.0  # the change mask's initial logit: -2 starts it nearly closed (0.12), 0 half open
     d_channels: int = 16  # same rule for the discriminator
     d_max_channels: int = 128
     d_final_size: int = 4  # D's trunk downsamples to this resolution before its fully connected layer
@@ -82,6 +91,9 @@ class RAGANConfig:
     r1_gamma: float = 1.0
     r1_every: int = 16  # lazy R1 (StyleGAN2): applied every k steps, scaled by k
     same_group_fraction: float = 0.25  # share of a batch whose target is its own group (reconstruction)
+    continuous_targets: bool = False  # other targets drawn uniformly over positions [0, num_groups - 1], not groups
+    w_mask: float = 0.0
+    w_mask_tv: float = 0.0
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -98,6 +110,10 @@ class RAGANConfig:
             raise ValueError(f"RAGAN d_final_size must be 4 or 8, got {self.d_final_size}")
         if self.num_groups < 2:
             raise ValueError(f"RAGAN needs at least two age groups, got num_groups={self.num_groups}")
+        if self.output not in ("direct", "masked"):
+            raise ValueError(f"RAGAN output must be 'direct' or 'masked', got {self.output!r}")
+        if self.w_age > 0 and len(self.group_ages) != self.num_groups:
+            raise ValueError(f"RAGAN w_age needs group_ages for all {self.num_groups} groups, got {self.group_ages}")
 
     def enc_channels(self, level: int) -> int:
         """Channels of the encoder/decoder features at ``image_size / 2**level``."""
@@ -195,8 +211,15 @@ class Decoder(nn.Module):
                 self.to_rgb.weight.copy_(self.to_rgb.weight[::4].repeat_interleave(4, dim=0))
         else:
             self.to_rgb = EqualConv2d(c(1), 3, 3)
+        if cfg.output == "masked":
+            # The change mask starts at sigmoid(mask_bias) everywhere; training opens it where age shows.
+            self.to_mask = EqualConv2d(c(1), 4 if self.pixel_shuffle else 1, 3)
+            nn.init.constant_(self.to_mask.bias, cfg.mask_bias)
 
-    def forward(self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], f_aw: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], f_aw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(painted image [B,3,S,S] in [-1,1], change mask [B,1,S,S] in [0,1] or None)``."""
         h = f_id
         for block in self.bottleneck:
             h = block(h, f_aw)
@@ -208,9 +231,15 @@ class Decoder(nn.Module):
         # handled fastest (and their gradients summed fastest) in NCHW.
         if self.pixel_shuffle:
             rgb = F.pixel_shuffle(self.to_rgb(h), 2)
+            mask = F.pixel_shuffle(self.to_mask(h), 2) if hasattr(self, "to_mask") else None
         else:
-            rgb = self.to_rgb(F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return torch.tanh(rgb.to(torch.float32, memory_format=torch.contiguous_format))
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            rgb = self.to_rgb(h)
+            mask = self.to_mask(h) if hasattr(self, "to_mask") else None
+        paint = torch.tanh(rgb.to(torch.float32, memory_format=torch.contiguous_format))
+        if mask is not None:
+            mask = torch.sigmoid(mask.to(torch.float32, memory_format=torch.contiguous_format))
+        return paint, mask
 
 
 class RAGANGenerator(nn.Module):
@@ -224,7 +253,7 @@ class RAGANGenerator(nn.Module):
         self.image_size = cfg.image_size
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.decode(*self.encode(x), target)
+        return self.decode(*self.encode(x), target, x)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """``f_id`` and the encoder features shared with the decoder."""
@@ -233,9 +262,20 @@ class RAGANGenerator(nn.Module):
             raise ValueError(f"RAGAN expects [B, 3, {s}, {s}] images in [-1, 1], got shape {tuple(x.shape)}")
         return self.encoder(x)
 
-    def decode(self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """The image of identity ``f_id`` at age group ``target``."""
-        return self.decoder(f_id, shared, self.modulator(f_id, target))
+    def decode(
+        self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], target: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """The image of identity ``f_id`` (encoded from ``x``) at age position ``target``."""
+        return self.decode_with_mask(f_id, shared, target, x)[0]
+
+    def decode_with_mask(
+        self, f_id: torch.Tensor, shared: dict[int, torch.Tensor], target: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output and the change mask (None for ``output: direct``): ``x + M * (paint - x)``."""
+        paint, mask = self.decoder(f_id, shared, self.modulator(f_id, target))
+        if mask is None:
+            return paint, None
+        return x.float() + mask * (paint - x.float()), mask
 
 
 class MultiTaskDiscriminator(nn.Module):
@@ -291,42 +331,50 @@ class RAGAN(FaceAgingModel):
         every ``r1_every`` steps a lazy R1 phase. The cycle and identity terms share one encoding of the fake."""
         cfg = self.config
         x, source = batch["image"], batch["group"]
-        target = self.sample_targets(source)
+        target = self.sample_targets(source)  # float positions
+        target_group = target.round().long()  # the discriminator's task and class for the output
         out: dict[str, torch.Tensor] = {}
 
         def generator_loss() -> dict[str, torch.Tensor]:
             G = self.generator
             f_id, shared = G.encode(x)
-            fake = G.decode(f_id, shared, target)
+            fake, mask = G.decode_with_mask(f_id, shared, target, x)
             f_fake, shared_fake = G.encode(fake)
-            cycled = G.decode(f_fake, shared_fake, source)
+            cycled = G.decode(f_fake, shared_fake, source.float(), fake)
             out["fake"] = fake.detach()
-            fake_logit, fake_age = self.discriminator(fake, target)
+            fake_logit, fake_age = self.discriminator(fake, target_group)
             terms = {
                 "g_adv": losses.generator_adversarial(fake_logit),
-                "rec": losses.selected_l1(fake, x, target == source),
+                "rec": losses.selected_l1(fake, x, target_group == source),
                 "cyc": losses.l1(cycled, x),
                 "id": losses.feature_consistency(f_fake, f_id),
             }
             total = cfg.w_adv * terms["g_adv"] + cfg.w_rec * terms["rec"] + cfg.w_cyc * terms["cyc"]
             total = total + cfg.w_id * terms["id"]
             if cfg.w_cls > 0:
-                terms["g_cls"] = F.cross_entropy(fake_age.float(), target)
+                terms["g_cls"] = F.cross_entropy(fake_age.float(), target_group)
                 total = total + cfg.w_cls * terms["g_cls"]
             if "mask" in batch:
                 terms["bg"] = losses.masked_l1(fake, x, 1.0 - batch["mask"])
                 total = total + cfg.w_bg * terms["bg"]
+            if mask is not None:
+                terms["mask"], terms["mask_tv"] = mask.mean(), losses.total_variation(mask)
+                total = total + cfg.w_mask * terms["mask"] + cfg.w_mask_tv * terms["mask_tv"]
+            if cfg.any_critic:
+                critic_terms = self.critics(x.device).terms(x, fake, self.target_years(target))
+                total = total + critic_terms.pop("critics")
+                terms.update(critic_terms)
             return {"loss": total, **terms}
 
         def discriminator_loss() -> dict[str, torch.Tensor]:
             # Reals and fakes in one batch: D has no batch statistics, so this is two passes' arithmetic in
             # one, with half the kernel launches and larger, more efficient convolutions.
-            logit, age = self.discriminator(torch.cat([x, out["fake"]]), torch.cat([source, target]))
+            logit, age = self.discriminator(torch.cat([x, out["fake"]]), torch.cat([source, target_group]))
             (real_logit, fake_logit), (real_age, fake_age) = logit.chunk(2), age.chunk(2)
             terms = {"d_adv": losses.discriminator_adversarial(real_logit, fake_logit)}
             total = terms["d_adv"]
             if cfg.w_cls > 0:
-                generated = torch.full_like(target, cfg.num_groups)  # the extra class
+                generated = torch.full_like(target_group, cfg.num_groups)  # the extra class
                 real_cls = F.cross_entropy(real_age.float(), source)
                 terms["d_cls"] = real_cls + F.cross_entropy(fake_age.float(), generated)
                 total = total + cfg.w_cls * terms["d_cls"]
@@ -346,8 +394,28 @@ class RAGAN(FaceAgingModel):
         return phases
 
     def sample_targets(self, source: torch.Tensor) -> torch.Tensor:
-        """Target groups: the source group for a ``same_group_fraction`` of the batch, another group otherwise."""
+        """Float target positions: the source group for a ``same_group_fraction`` of the batch, another group
+        otherwise (with ``continuous_targets``, any position at least half a group away from the source)."""
         n = self.config.num_groups
-        other = (source + torch.randint(1, n, source.shape, device=source.device)) % n
+        if self.config.continuous_targets:
+            other = torch.rand(source.shape, device=source.device) * (n - 1)
+            near = (other - source.float()).abs() < 0.5
+            other = torch.where(near, (other + n / 2) % (n - 1), other)
+        else:
+            other = ((source + torch.randint(1, n, source.shape, device=source.device)) % n).float()
         same = torch.rand(source.shape, device=source.device) < self.config.same_group_fraction
-        return torch.where(same, source, other)
+        return torch.where(same, source.float(), other)
+
+    def target_years(self, target: torch.Tensor) -> torch.Tensor:
+        """Ages in years [B] of float target positions: linear between the groups' representative ages."""
+        ages = torch.tensor(self.config.group_ages, device=target.device, dtype=torch.float32)
+        return two_hot(target, self.config.num_groups) @ ages
+
+    def critics(self, device: torch.device) -> Critics:
+        """The frozen critics the loss weights ask for, loaded on first use (kept out of the module tree)."""
+        if getattr(self, "_critics", None) is None:
+            object.__setattr__(self, "_critics", Critics(self.config, device))
+        return self._critics
+
+    def critic_records(self) -> list[dict]:
+        return self.critics(torch.device("cpu")).records() if self.config.any_critic else []

@@ -52,6 +52,10 @@ class TrainConfig:
     sample_every: int = 1000  # steps between sample grids
     checkpoint_every: int = 1000  # steps between checkpoints (one is also written at the end)
     sample_rows: int = 8  # validation faces in the sample grid
+    # Start a new run from trained weights: an exported model folder (its generator) or a checkpoint .pt (every
+    # network it holds by name, the EMA generator for "generator"). Layers the source lacks keep their
+    # initialisation (a head added for fine-tuning); anything else that does not fit is an error. Ignored on resume.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for key in (
@@ -156,6 +160,8 @@ def from_dict(data: dict) -> RunConfig:
                 "it is derived from train.image_size and train.scheme, so leave it out"
             )
         model_section[key] = value
+    if "group_ages" in {f.name for f in dataclasses.fields(model_cls.config_class)}:
+        model_section["group_ages"] = tuple(scheme.representative_age(g) for g in range(scheme.num_groups))
     return RunConfig(model_cls.name, model_cls.make_config(model_section), train)
 
 

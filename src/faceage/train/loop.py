@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
@@ -91,6 +92,37 @@ def ema_decay(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+def init_networks(networks: dict[str, nn.Module], source: str | Path) -> None:
+    """Load trained weights into ``networks`` from an exported model folder or a checkpoint (``train.init_from``).
+
+    Parameters the source lacks keep their initialisation and are listed on stderr; a parameter the network lacks,
+    or one of another shape, is an error naming it."""
+    from faceage.critics import weights_folder
+    from faceage.models.pretrained import WEIGHTS_NAME
+
+    path = weights_folder(str(source))  # a bundled model by name ("default"), or a path
+    if path.is_dir():
+        weights = {"generator": load_file(str(path / WEIGHTS_NAME), device="cpu")}
+    elif path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)["networks"]
+        weights = {name: saved[name] for name in networks if name in saved}
+        if "generator_ema" in saved:
+            weights["generator"] = saved["generator_ema"]
+    else:
+        raise FileNotFoundError(f"train.init_from={str(source)!r} is neither a model folder nor a checkpoint")
+    for name, state in weights.items():
+        try:
+            missing, unexpected = networks[name].load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            raise ValueError(
+                f"train.init_from {source}: {name} does not fit ({str(e).splitlines()[-1].strip()})"
+            ) from None
+        if unexpected:
+            raise ValueError(f"train.init_from {source}: {name} has weights this model lacks: {', '.join(unexpected)}")
+        new = f"; new, initialised fresh: {', '.join(missing)}" if missing else ""
+        print(f"init_from {source}: {name} loaded{new}", file=sys.stderr)
+
+
 def checkpoint_dir(out: str | Path) -> Path:
     return Path(out) / "checkpoints"
 
@@ -117,7 +149,11 @@ class Trainer:
         self.scheme = cfg.scheme
         self.precision, self.precision_why = resolve_precision(tc.precision, self.dist.device)
         ckpt.seed_everything(tc.seed + self.dist.rank)
-        self.model = get_model(cfg.model)(cfg.model_config).to(self.dist.device, memory_format=torch.channels_last)
+        found = ckpt.load_latest(checkpoint_dir(self.out), map_location=self.dist.device) if resume else None
+        self.model = get_model(cfg.model)(cfg.model_config)
+        if tc.init_from and found is None:
+            init_networks(self.model.networks(), tc.init_from)
+        self.model.to(self.dist.device, memory_format=torch.channels_last)
         ddp.broadcast_module(self.model)
         self.ema = copy.deepcopy(self.model.generator).eval().requires_grad_(False)
         self.optimizers = self.model.optimizers(tc.lr, tc.betas)
@@ -125,7 +161,6 @@ class Trainer:
         self.step = 0  # optimisation steps done
         self.images = 0  # images this process has read: its position in the data stream (faceage.train.data)
         self.resumed_from: Path | None = None
-        found = ckpt.load_latest(checkpoint_dir(self.out), map_location=self.dist.device) if resume else None
         if found is not None:
             self.resumed_from, state = found
             self._restore(state)
@@ -227,6 +262,7 @@ class Trainer:
             "images": self.images,
             "rng": ddp.gather(ckpt.rng_state(), self.dist.world),
             "config": self.cfg.to_dict(),
+            "critics": self.model.critic_records(),
         }
 
     def save(self) -> None:
