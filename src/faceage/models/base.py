@@ -103,11 +103,12 @@ class FaceAgingModel(nn.Module):
 
     @torch.no_grad()
     def sample_grid(
-        self, generator: nn.Module, images: torch.Tensor, scheme: AgeScheme
+        self, generator: nn.Module, images: torch.Tensor, groups: torch.Tensor, scheme: AgeScheme
     ) -> tuple[torch.Tensor, list[str]]:
         """The training run's sample picture: tiles ``[rows, cols, 3, S, S]`` in [-1, 1] and the column labels.
 
-        By default each face, then ``generator`` (the EMA copy) at every age group. A method overrides this to
+        ``images`` are fixed validation faces and ``groups`` their true age groups [rows]. By default each face,
+        then ``generator`` (the EMA copy) at every age group. A method overrides this to
         show more of itself (attention and colour masks, a cycle back to the source age, a latent's decoding).
         """
         outputs, labels = [images], ["input"]

@@ -242,7 +242,7 @@ class Trainer:
         faces = pick_faces(FaceDataset(self.cache, split, self.scheme), self.cfg.train.sample_rows)
         images = faces["image"].to(self.dist.device)
         with self.autocast:
-            grid, labels = self.model.sample_grid(self.ema, images, self.scheme)
+            grid, labels = self.model.sample_grid(self.ema, images, faces["group"].to(self.dist.device), self.scheme)
         rows = [f"{age:.0f}" for age in faces["age"].tolist()]
         return torch.from_numpy(grid_image(grid, labels, rows).copy())
 
