@@ -63,8 +63,9 @@ def test_load_checkpoint_prefers_ema(tiny_ragan_dir, tmp_path):
 def test_aligned_crop_is_the_generator_output_at_the_input_size(ager):
     crop = _noise(32, 32)
     out = ager.age(crop, 45, aligned=True)
+    assert ager.position(45) == pytest.approx(2.95)  # acgan5: 31-40 stands for 35.5, 41-50 for 45.5
     x = crop.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1
-    y = TorchBackend(ager.backend.generator)(x, np.array([3]))[0].transpose(1, 2, 0)
+    y = TorchBackend(ager.backend.generator)(x, np.array([2.95], np.float32))[0].transpose(1, 2, 0)
     expected = np.clip(np.rint((y + 1) * 127.5), 0, 255).astype(np.int16)
     # The same network on the same pixels; float sums in another order (thread count, batch) may round a value
     # that sits on a .5 boundary the other way, so a handful of pixels may differ by one level.
@@ -130,6 +131,21 @@ def test_precision_auto_is_resolved_and_shown(tiny_ragan_dir):
     assert TorchBackend(load_pretrained(tiny_ragan_dir)[0]).precision == picked
 
 
+def test_an_age_between_groups_blends_them_and_a_label_is_its_group(ager):
+    """37 years is its own condition, not its group's: the output at a group label equals the generator's at that
+    group's index exactly, and an age between two representative ages differs from both groups' outputs."""
+    crop = _noise(32, 32, 3)
+    assert ager.position("31-40") == 2.0 and ager.position(37) == pytest.approx(2.15)
+    assert ager.labels[ager.group(37)] == "31-40" and ager.label(37) == "37" and ager.label("31-40") == "31-40"
+    at_label, at_index = (np.asarray(ager.age(crop, t, aligned=True)) for t in ("31-40", 35.5))  # 35.5: 31-40's age
+    np.testing.assert_array_equal(at_label, at_index)
+    generated = ager.generate(crop[None], [2, 2.15, 3])[0]
+    assert np.abs(generated[1] - generated[0]).max() > 1 and np.abs(generated[1] - generated[2]).max() > 1
+    at_37 = np.clip(np.rint(generated[1]), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(ager.age(crop, 37, aligned=True)), at_37)
+    np.testing.assert_array_equal(np.asarray(ager.age(crop, "37", aligned=True)), at_37)
+
+
 def test_bad_target_names_the_groups(ager):
     with pytest.raises(ValueError, match="0-20, 21-30, 31-40, 41-50, 51\\+"):
         ager.age(_noise(32, 32), "old", aligned=True)
@@ -140,6 +156,19 @@ def test_progression_strip_has_one_labelled_tile_per_group(ager):
     assert strip.size == (5 * 32, 32 + label_height(32))
     band = np.asarray(strip)[32:]
     assert (band < 128).any(), "labels must be drawn in the band under the tiles"
+
+
+def test_progression_strip_takes_any_list_of_ages(ager):
+    crop = _noise(32, 32, 4)
+    strip = np.asarray(ager.progression(crop, [5, 37, 37.5, "51+"], aligned=True))
+    assert strip.shape == (32 + label_height(32), 4 * 32, 3)
+    for i, target in enumerate([5, 37, 37.5, "51+"]):
+        np.testing.assert_array_equal(
+            strip[:32, 32 * i : 32 * (i + 1)], np.asarray(ager.age(crop, target, aligned=True))
+        )
+    assert not np.array_equal(strip[:32, 32:64], strip[:32, 64:96]), "37 and 37.5 years are different conditions"
+    with pytest.raises(ValueError, match="bad target age 'old'"):
+        ager.progression(crop, [5, "old"], aligned=True)
 
 
 def test_whole_photo_changes_only_the_face(ager, astronaut):

@@ -18,7 +18,7 @@ from faceage.cli import age as age_cli
 from faceage.cli import main
 from faceage.infer.strip import label_height
 
-KEYS = {"input", "target", "group", "output", "ok", "error", "faces"}
+KEYS = {"input", "target", "group", "position", "output", "ok", "error", "faces"}
 
 
 def _save(path: Path, h: int, w: int, seed: int = 0, **kw) -> Path:
@@ -47,6 +47,7 @@ def test_names_json_and_sizes(tiny_ragan_dir, tmp_path, capsys):
     ]
     for r in results:
         assert set(r) == KEYS and r["ok"] and r["error"] is None and r["faces"] == 1
+        assert r["position"] == {"70": 4.0, "21-30": 1.0}[r["target"]]
         assert Path(r["output"]).name == f"{Path(r['input']).stem}_to{r['target']}.png"
         assert Image.open(r["output"]).size == Image.open(r["input"]).size
     assert sorted(p.name for p in out.iterdir()) == ["a_to21-30.png", "a_to70.png", "b_to21-30.png", "b_to70.png"]
@@ -113,6 +114,31 @@ def test_progression_strip(tiny_ragan_dir, tmp_path, capsys):
     assert [(r["target"], r["group"]) for r in results] == [("40", "31-40"), ("progression", "all")]
     assert results[1]["output"] == str(out / "a_progression.png")
     assert Image.open(out / "a_progression.png").size == (5 * 32, 32 + label_height(32))
+
+
+def test_an_age_is_its_own_target_and_the_strip_takes_any_ages(tiny_ragan_dir, tmp_path, capsys):
+    """--to 37 is 37 years (acgan5: between 31-40 and 41-50), not "31-40"; --progression-ages sets the strip."""
+    from faceage.provenance import read_provenance
+
+    a = _save(tmp_path / "a.png", 32, 32)
+    out = tmp_path / "o"
+    argv = [a, "--to", 37, "--to", "31-40", "--progression-ages", "5,37,51+", "--aligned", "--out", out]
+    code, results, _ = _age(capsys, tiny_ragan_dir, *argv)
+    assert code == 0
+    assert [(r["target"], r["group"], r["position"]) for r in results] == [
+        ("37", "31-40", 2.15),
+        ("31-40", "31-40", 2.0),
+        ("progression", "all", None),
+    ]
+    at_37, at_group = (np.asarray(Image.open(r["output"])) for r in results[:2])
+    assert not np.array_equal(at_37, at_group)
+    strip = np.asarray(Image.open(out / "a_progression.png"))
+    assert strip.shape == (32 + label_height(32), 3 * 32, 3)
+    np.testing.assert_array_equal(strip[:32, 32:64], at_37)  # the strip's 37 is --to 37
+    assert read_provenance(out / "a_progression.png")["faceage:target_age"] == "5, 37, 51+"
+    assert read_provenance(out / "a_to37.png")["faceage:target_age"] == "37"
+    assert main(["age", str(a), "--progression-ages", "5,old", "--model", str(tiny_ragan_dir)]) == 2
+    assert "bad target age 'old'" in capsys.readouterr().err
 
 
 def test_whole_photos_with_and_without_a_face(tiny_ragan_dir, tmp_path, capsys, astronaut):

@@ -101,9 +101,11 @@ def test_bad_target_and_image_lists(ager):
 def test_generate_and_backends_check_their_arrays(ager):
     with pytest.raises(ValueError, match=r"crops must be uint8 \[F, 32, 32, 3\] .*got uint8 \(1, 48, 48, 3\)"):
         ager.generate(np.zeros((1, 48, 48, 3), np.uint8), [0])
-    with pytest.raises(ValueError, match=r"group indices must be 0..4 \(0-20, .*\), got \[5\]; ager.group\(70\)"):
+    with pytest.raises(ValueError, match=r"group positions must be 0..4 \(0-20, .*\), got \[5\]; ager.position\(70\)"):
         ager.generate(_crop()[None], [5])
-    with pytest.raises(ValueError, match="non-empty list of group indices"):
+    with pytest.raises(ValueError, match=r"group positions must be 0..4 .*got \[-0.5\]"):
+        ager.generate(_crop()[None], [-0.5])
+    with pytest.raises(ValueError, match="non-empty list of group positions"):
         ager.generate(_crop()[None], [])
     with pytest.raises(ValueError, match=r"\[B, 3, S, S\] batch .*got shape \(1, 32, 32\)"):
         ager.backend(np.zeros((1, 32, 32), np.float32), np.zeros(1, np.int64))

@@ -204,6 +204,14 @@ def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_
     assert m["realism"]["ratio"] == pytest.approx(1.0)
     gray = m["photo_checks"]["grayscale"]
     assert gray["faces"] == 3 and gray["outputs"] == 15 and gray["max_chroma"] == 0
+    # The age sweep of "return the input unchanged": one flat line at the inputs' own estimated ages.
+    sweep = m["age_sweep"]
+    assert sweep["ages"] == [float(a) for a in range(0, 81, 5)] and sweep["n_faces"] == 6  # all 6 of --n
+    assert result.sweep.shape == (6, 17)
+    assert np.allclose(sweep["means"], sweep["inputs_mean"], atol=1e-4) and sweep["monotonic"] is False
+    assert sweep["spearman"] == pytest.approx(0.0, abs=1e-12)
+    # acgan5: 0-20 stands for 10 years, 21-30 for 25.5, so 0-10 years are group 0 and 15 is 5/15.5 of the way on.
+    assert sweep["positions"][:4] == [0.0, 0.0, 0.0, pytest.approx(5 / 15.5, abs=1e-4)]
 
 
 @pytest.fixture(scope="module")
@@ -261,11 +269,20 @@ def test_eval_target_subset_still_reconstructs_every_source(tiny_cache, tiny_est
     from faceage.eval.evaluate import evaluate
     from faceage.eval.runner import EvalConfig
 
-    cfg = EvalConfig(n=6, targets=["0-20", "45"], batch_size=6, far=0.01, gray_faces=0, detail_side=0)  # label, age
-    m = evaluate(_identity_model(tmp_path), tiny_cache.path, cfg, estimator=tiny_estimator[0]).metrics
-    assert [t["label"] for t in m["targets"]] == ["0-20", "41-50"]
-    assert m["overall"]["n_outputs"] == 12
+    cfg = EvalConfig(n=6, targets=["0-20", "45"], batch_size=6, far=0.01, gray_faces=0, detail_side=0, sweep_faces=0)
+    out = tmp_path / "report"
+    m = evaluate(_identity_model(tmp_path), tiny_cache.path, cfg, estimator=tiny_estimator[0], out=out).metrics
+    # A label is its group; an age is its continuous position (acgan5: 31-40 stands for 35.5, 41-50 for 45.5),
+    # judged against the group it lies in.
+    assert [(t["label"], t["position"], t["group_label"]) for t in m["targets"]] == [
+        ("0-20", 0.0, "0-20"),
+        ("45", pytest.approx(2.95), "41-50"),
+    ]
+    assert m["overall"]["n_outputs"] == 12 and m["age_sweep"] is None
     assert m["reconstruction"]["n"] == 6  # own-group outputs are made even for groups outside --targets
+    report = (out / "report.md").read_text()
+    assert "Ages given: 45 years → position 2.95 (group 41-50)." in report
+    assert "## Age sweep" not in report and not (out / "age_sweep.png").exists()
     with pytest.raises(ValueError, match="neither an age"):
         evaluate(_identity_model(tmp_path), tiny_cache.path, EvalConfig(targets=["old"]), estimator=tiny_estimator[0])
 
@@ -277,10 +294,11 @@ def test_eval_cli_with_a_tiny_ragan_writes_the_full_report(
 
     out = tmp_path / "report"
     argv = ["eval", "--model", str(tiny_ragan_dir), "--data", str(tiny_cache.path), "--n", "6", "--far", "0.01"]
-    argv += ["--gray-faces", "2", "--detail-side", "0"]
+    argv += ["--gray-faces", "2", "--detail-side", "0", "--sweep-faces", "3"]
     argv += ["--threads", str(torch.get_num_threads())]  # keep this process's thread count as it is
     assert main([*argv, "--estimator", str(tiny_estimator[0]), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed, printed_err = captured.out, captured.err
     assert "eval wall time:" in printed
     for name in ("age_distribution.png", "identity_distance.png", "samples.png"):
         data = (out / name).read_bytes()
@@ -308,6 +326,71 @@ def test_eval_cli_with_a_tiny_ragan_writes_the_full_report(
     report = (out / "report.md").read_text()
     for text in ("FD-dlib", "FD-judge", "no identity labels", "51+", "Reconstruction", "samples.png"):
         assert text in report
+    sweep = m["age_sweep"]
+    assert sweep["n_faces"] == 3 and len(sweep["means"]) == 17
+    assert "## Age sweep" in report and "| 80 | 4.00 |" in report and "age_sweep.png" in report
+    assert (out / "age_sweep.png").read_bytes().startswith(PNG_MAGIC)
+    assert f"age sweep 0-80 years on 3 faces: mean estimate {sweep['means'][0]:.1f}" in printed_err
+
+
+class _Brightening(torch.nn.Module):
+    """A generator whose output is mostly its target: a grey level rising 0.4 per group position, plus a trace of
+    the face (so faces differ a little)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.seen.append(target)
+        return -0.8 + 0.4 * target[:, None, None, None] + 0.05 * x
+
+
+class _BrightnessJudge:
+    """An age 'estimator' reading brightness: 50 years per unit of mean pixel value in [-1, 1], plus 50."""
+
+    def judge(self, x: torch.Tensor, *, bf16: bool = True):
+        from faceage.nn.age_estimator import Judgement
+
+        age = 50 + 50 * x.mean(dim=(1, 2, 3))
+        return Judgement(age=age, female=None, features=x.flatten(1)[:, :4])
+
+
+def test_age_sweep_feeds_positions_and_sees_the_estimate_rise(tiny_cache):
+    """A generator whose output brightens with the group position, judged by brightness: the sweep must feed each
+    age's continuous position (between groups too) and report strictly rising means and a high Spearman."""
+    from faceage.eval.runner import EvalConfig, Evaluator, Judges
+    from faceage.groups import get_scheme
+
+    scheme = get_scheme("acgan5")
+    meta = {"model": "brightening", "image_size": 32, "scheme": scheme.to_dict()}
+    generator = _Brightening()
+    judges = Judges(_BrightnessJudge(), lambda images: (None, None), "none", "none", estimator_size=32)
+    cfg = EvalConfig(batch_size=4, bf16=False, sweep_faces=5, sweep_ages=(0.0, 20.0, 30.0, 37.0, 45.0, 80.0))
+    evaluator = Evaluator(generator, meta, tiny_cache, judges, cfg)
+    sources = np.asarray(tiny_cache.indices("test"))
+    summary, estimates = evaluator.sweep(sources)
+    assert estimates.shape == (5, 6) and summary["n_faces"] == 5
+    expected = [scheme.position(a) for a in cfg.sweep_ages]  # 0, 0.67, 1.3, 2.15, 2.95, 4
+    fed = sorted({round(float(v), 4) for t in generator.seen for v in t})
+    assert fed == sorted({round(p, 4) for p in expected}) and generator.seen[0].dtype == torch.float32
+    assert summary["positions"] == [round(p, 4) for p in expected]
+    assert summary["monotonic"] is True and summary["spearman"] > 0.95
+    assert summary["means"][-1] - summary["means"][0] == pytest.approx(50 * 0.4 * 4, abs=1)
+
+
+def test_sweep_summary_flags_a_dip():
+    from faceage.eval.runner import sweep_summary
+
+    rising = np.array([[10.0, 20.0, 30.0], [12.0, 25.0, 31.0]])
+    s = sweep_summary([0.0, 40.0, 80.0], [0.0, 2.0, 4.0], rising)
+    assert s["monotonic"] is True and s["spearman"] == pytest.approx(0.956, abs=1e-3)
+    assert s["means"] == [11, 22.5, 30.5] and s["stds"] == [1, 2.5, 0.5]
+    dip = sweep_summary([0.0, 40.0, 80.0], [0.0, 2.0, 4.0], rising[:, [0, 2, 1]])
+    assert dip["monotonic"] is False
+    # 75 and 80 years are both the last group's position: one condition, the same means, still a strict rise.
+    clamped = sweep_summary([0.0, 75.0, 80.0], [0.0, 4.0, 4.0], rising[:, [0, 1, 1]])
+    assert clamped["monotonic"] is True and clamped["same_as_previous"] == [80.0]
 
 
 def test_eval_cli_explains_a_missing_estimator_and_too_few_faces(

@@ -48,6 +48,43 @@ def test_onnx_carries_meta_and_matches_torch(exported):
         assert np.abs(onnx_backend(x, t) - torch_backend(x, t)).max() < 1e-3
 
 
+def test_onnx_takes_fractional_positions_like_torch(exported):
+    """The graph's target is a float32 group position: a blend of two groups matches torch and is neither group."""
+    import onnxruntime as ort
+
+    tmp, _, _ = exported
+    (target_input,) = [i for i in ort.InferenceSession(str(tmp / "g.onnx")).get_inputs() if i.name == "target"]
+    assert target_input.type == "tensor(float)"
+    torch_backend = TorchBackend(load_pretrained(tmp / "rel")[0])
+    onnx_backend = OnnxBackend(tmp / "g.onnx")
+    x = np.repeat(np.random.default_rng(2).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32), 3, axis=0)
+    t = np.array([2.0, 2.15, 3.0], np.float32)  # 31-40, 37 years in acgan5, 41-50
+    ours = onnx_backend(x, t)
+    assert np.abs(ours - torch_backend(x, t)).max() < 1e-3
+    assert np.abs(ours[1] - ours[0]).max() > 1e-2 and np.abs(ours[1] - ours[2]).max() > 1e-2
+    crop = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    by_onnx = np.asarray(faceage.load(tmp / "g.onnx").age(crop, 37, aligned=True)).astype(int)
+    by_torch = np.asarray(faceage.load(tmp / "rel", device="cpu").age(crop, 37, aligned=True)).astype(int)
+    assert np.abs(by_onnx - by_torch).max() <= 1
+
+
+def test_an_onnx_file_with_int64_targets_still_ages_to_whole_groups(tmp_path):
+    """Files exported before float ages take int64 group indices: whole groups run, a blend says to re-export."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    target = helper.make_tensor_value_info("target", TensorProto.INT64, ["batch"])
+    aged = helper.make_tensor_value_info("aged", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["aged"])], "old", [image, target], [aged])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "old.onnx")
+    backend = OnnxBackend(tmp_path / "old.onnx")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(backend(x, np.array([1.0, 4.0], np.float32)), x)
+    with pytest.raises(ValueError, match=r"whole age groups only .*got positions \[1.0, 2.5\]; export the model again"):
+        backend(x, np.array([1.0, 2.5], np.float32))
+
+
 def test_age_with_the_onnx_backend(exported, capsys):
     tmp, _, _ = exported
     crop = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)

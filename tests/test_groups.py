@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from faceage.groups import SCHEMES, AgeScheme, get_scheme
@@ -144,3 +145,41 @@ def test_bad_scheme_specs_are_named(bad):
 def test_negative_age_rejected():
     with pytest.raises(ValueError, match="-1"):
         get_scheme("utk14").group(-1)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_positions_run_through_the_representative_ages_and_back(name):
+    scheme = get_scheme(name)
+    for g in range(scheme.num_groups):
+        assert scheme.position(scheme.representative_age(g)) == g
+        assert scheme.age_at(g) == scheme.representative_age(g)
+    for position in np.linspace(0, scheme.num_groups - 1, 37):
+        assert scheme.position(scheme.age_at(position)) == pytest.approx(position, abs=1e-9)
+    ages = np.linspace(0, 120, 241)
+    positions = [scheme.position(a) for a in ages]
+    assert all(b >= a for a, b in zip(positions, positions[1:], strict=False)), "position never falls with age"
+
+
+def test_position_interpolates_between_groups_and_clamps_at_the_ends():
+    scheme = get_scheme("ffhq10")  # 30-39 stands for 34.5, 40-49 for 44.5; 0-2 for 1, 70+ for 75
+    assert scheme.position(37) == pytest.approx(6.25)
+    assert scheme.age_at(6.25) == pytest.approx(37)
+    assert scheme.position(0) == scheme.position(1) == 0.0
+    assert scheme.position(75) == scheme.position(110) == 9.0
+    with pytest.raises(ValueError, match="-1"):
+        scheme.position(-1)
+    for bad in (-0.1, 9.5):
+        with pytest.raises(ValueError, match=rf"position must be in \[0, 9\], got {bad}"):
+            scheme.age_at(bad)
+
+
+def test_parse_position_takes_ages_and_labels():
+    scheme = get_scheme("ffhq10")
+    assert scheme.parse_position(37) == scheme.parse_position("37") == scheme.parse_position(" 37.0 ") == 6.25
+    assert scheme.parse_position("30-39") == 6.0 and scheme.parse_position("70+") == 9.0
+    assert scheme.parse_position(34.5) == scheme.parse_position("30-39")  # a group's age is that group exactly
+    assert scheme.parse("37") == 6, "parse still names the group an age lies in"
+    with pytest.raises(ValueError, match="'30-40' is neither an age in years nor a group.*groups: 0-2"):
+        scheme.parse_position("30-40")
+    with pytest.raises(ValueError, match="neither an age"):
+        scheme.parse_position(True)

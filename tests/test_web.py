@@ -26,6 +26,7 @@ from PIL import Image
 from test_web_engine import png_header, two_faces
 
 from faceage.paths import EXAMPLE_PHOTO
+from faceage.web.engine import between
 
 pytest.importorskip("gradio", reason="the web app needs gradio: pip install -e '.[web]'")
 playwright = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright: pip install playwright")
@@ -175,14 +176,14 @@ def test_ages_the_astronaut(page, server, tmp_path):
     page.wait_for_function("() => document.querySelector('#age input[type=number]').value !== '70'")
     years = int(page.locator("#age input[type=number]").input_value())
     ager = faceage.load()
-    group = ager.labels[ager.group(years)]
+    group, where = ager.labels[ager.group(years)], between(ager, years)  # the exact age, between two groups
     page.wait_for_function(
-        "text => document.querySelector('#age-note').innerText.includes(text)", arg=f"{years} years → age group {group}"
+        "text => document.querySelector('#age-note').innerText.includes(text)", arg=f"{years} years → {where}"
     )
 
     page.locator("#run").click()
     after = page.wait_for_selector("#result img.faceage-after")
-    _message(page, f"to {years} years (group {group})")
+    _message(page, f"to {years} years ({where})")
     assert after.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 512]
     data, filename = _download(page, "#result a.faceage-download")
     assert filename == f"astronaut_to{years}.png"

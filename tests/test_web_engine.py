@@ -21,6 +21,7 @@ from faceage.web.engine import (
     Upload,
     WebError,
     age_faces,
+    between,
     close_up,
     close_up_box,
     open_upload,
@@ -164,15 +165,25 @@ def test_close_up_is_a_square_inside_the_photo(photo, ager):
     assert close_up(photo, (x0, y0, x1, y1), 96).shape == (96, 96, 3)
 
 
-def test_target_note_names_the_group_the_slider_snaps_to(ager):
-    assert "70 years → age group **70+**" in target_note(ager, 70)
-    assert "41 years → age group **40-49**" in target_note(ager, 41.4)
-    assert "snaps" in target_note(ager, 3)
+def test_target_note_says_where_the_age_lies_among_the_groups(ager):
+    assert target_note(ager, 37).startswith("37 years → between 30-39 and 40-49 (group position 6.25)")
+    assert target_note(ager, 34.5).startswith("34.5 years → group 30-39 (group position 6.00)")
+    assert target_note(ager, 80).startswith("80 years → group 70+ (group position 9.00)")
+    assert between(ager, 70) == "between 50-69 and 70+"
+
+
+def test_age_faces_ages_to_the_exact_age(ager, photo):
+    upload = open_upload(EXAMPLE_PHOTO.read_bytes(), "astronaut.jpg", Limits(), ager)
+    at_37, at_37_5 = (np.asarray(a) for a in age_faces(ager, upload.photo, upload.faces, [37, 37.4]))
+    np.testing.assert_array_equal(at_37_5, np.asarray(ager.transform(upload.photo, [37, 37.4]).images[1]))
+    assert not np.array_equal(at_37, at_37_5), "the slider's age is not rounded or snapped to a group"
 
 
 def test_parse_ages():
     assert parse_ages("5, 20 40,70", LIMITS) == [5, 20, 40, 70]
-    for text, match in [("", "type the ages"), ("5, old", "numbers of years"), ("-3", "between 0 and 120")]:
+    assert parse_ages("37.5", LIMITS) == [37.5]
+    bad = [("", "type the ages"), ("5, old", "numbers of years"), ("-3", "between 0 and 120"), ("nan", "0 and 120")]
+    for text, match in bad:
         with pytest.raises(WebError, match=match):
             parse_ages(text, LIMITS)
     with pytest.raises(WebError, match="at most 12 ages"):

@@ -1,10 +1,12 @@
 """``faceage age``: age the faces in photos (or aligned face crops) to one or more target ages.
 
-Outputs are ``OUT/<input stem>_to<AGE as given>.png`` and, with ``--progression``,
-``OUT/<input stem>_progression.png``. An output that would replace one of the inputs is not written: that
-(input, target) fails with an error and the others go on. Two inputs with the same stem (``a/x.jpg`` and
-``b/x.png``) would write the same output: the second one fails the same way rather than replacing the
-first's result. Exit status 0 when everything succeeded, 2 when anything failed.
+A target is an age in years (``--to 37``: 37 years, which the generator gets as a float position between the age
+groups around it) or a group label of the model (``--to 30-39``: exactly that group). Outputs are
+``OUT/<input stem>_to<AGE as given>.png`` and, with ``--progression`` (every group, or the ages of
+``--progression-ages``), ``OUT/<input stem>_progression.png``. An output that would replace one of the inputs
+is not written: that (input, target) fails with an error and the others go on. Two inputs with the same stem
+(``a/x.jpg`` and ``b/x.png``) would write the same output: the second one fails the same way rather than
+replacing the first's result. Exit status 0 when everything succeeded, 2 when anything failed.
 
 Each input is decoded once (photos over ``--max-pixels`` are refused from their header) and its outputs are
 made and written one target at a time, so ten targets of a 24 MP photo need no more memory than one.
@@ -17,6 +19,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from faceage import MAX_PIXELS
 from faceage.cli import CLIError, add_precision_argument
@@ -30,12 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "age",
         help="age the faces in photos to target ages",
         description="Age every face in each photo (or an aligned face crop with --aligned) to each --to age. "
+        "An age in years is that age (37: between the model's age groups around it), a group label that group. "
         "Writes OUT/<stem>_to<AGE>.png, and OUT/<stem>_progression.png with --progression.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (JPEG, PNG, WebP) or folders of them")
     p.add_argument(
         "--to", dest="targets", action="append", default=[], metavar="AGE",
-        help="target age in years (70) or a group label of the model (30-39); repeatable",
+        help="target age in years (37: between the model's age groups around it) or a group label of the model "
+        "(30-39: exactly that group); repeatable",
     )  # fmt: skip
     p.add_argument("--model", help="model name, exported folder, checkpoint .pt or .onnx (default: bundled model)")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: no detection or paste-back")
@@ -44,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--progression", action="store_true", help="also write a labelled strip across every age group per input"
     )
+    p.add_argument(
+        "--progression-ages", type=target_list, metavar="AGES",
+        help="the strip's targets instead of every group: ages or group labels, comma-separated (5,20,37,70); "
+        "implies --progression",
+    )  # fmt: skip
     p.add_argument("--largest", action="store_true", help="age only the largest face in each photo")
     p.add_argument(
         "--detect-threshold", type=float, default=0.0, metavar="SCORE",
@@ -69,6 +79,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def target_list(text: str) -> list[str]:
+    """An argparse type: comma-separated targets (``5,20,37,70`` or ``0-2,70+``), at least one."""
+    targets = [t.strip() for t in text.split(",") if t.strip()]
+    if not targets:
+        raise argparse.ArgumentTypeError(f"{text!r} names no ages; write them comma-separated, e.g. 5,20,37,70")
+    return targets
 
 
 def expand_inputs(inputs: list[str]) -> Iterator[tuple[Path, str | None]]:
@@ -97,12 +115,12 @@ class _Writer:
     """Writes PNGs atomically, each labelled synthetic (faceage.provenance), refusing to replace an input or an
     output already written in this run."""
 
-    def __init__(self, inputs: list[Path], model: str, labels: list[str]) -> None:
+    def __init__(self, inputs: list[Path], model: str, strip_labels: list[str]) -> None:
         self.inputs = {p.resolve() for p in inputs}
         self.written: dict[Path, Path] = {}
-        self.model, self.labels = model, labels  # the model's name and age groups, for the files' labels
+        self.model, self.strip_labels = model, strip_labels  # the model's name and the strip's tiles, for the labels
 
-    def save(self, image, out: Path, source: Path, job: tuple[str, str]) -> None:
+    def save(self, image, out: Path, source: Path, job: Job) -> None:
         from faceage.provenance import Provenance, save_png
         from faceage.utils import atomic_open
 
@@ -111,26 +129,35 @@ class _Writer:
             raise ValueError(f"output {out} would overwrite an input; choose another --out")
         if resolved in self.written:
             raise ValueError(f"output {out} was already written for {self.written[resolved]} (same file stem)")
-        target, group = (", ".join(self.labels), None) if job[0] == PROGRESSION else job
+        target, group = (", ".join(self.strip_labels), None) if job.target == PROGRESSION else (job.target, job.group)
         with atomic_open(out, "wb") as f:  # encoded straight to the file: no second copy in memory
             save_png(image, f, Provenance(model=self.model, target=str(target), group=group))
         self.written[resolved] = source
 
 
-def _jobs(ager, args: argparse.Namespace) -> list[tuple[str, str]]:
-    """``(target as given, group label)`` for every output of one input, the progression strip last."""
-    jobs = [(t, ager.labels[ager.group(t)]) for t in args.targets]
-    return jobs + [(PROGRESSION, "all")] if args.progression else jobs
+class Job(NamedTuple):
+    """One output of an input: the target as given, the group its age falls in, the generator's group position."""
+
+    target: str
+    group: str
+    position: float | None
+
+
+def _jobs(ager, args: argparse.Namespace) -> list[Job]:
+    """Every output of one input, the progression strip last."""
+    jobs = [Job(t, ager.labels[ager.group(t)], round(ager.position(t), 4)) for t in args.targets]
+    return jobs + [Job(PROGRESSION, "all", None)] if args.progression else jobs
 
 
 def _result(
-    path: Path, job: tuple[str, str], *, output: Path | None = None, error: str | None = None, faces: int | None = None
+    path: Path, job: Job, *, output: Path | None = None, error: str | None = None, faces: int | None = None
 ) -> dict:
     """One JSON object of the ``--json`` array; ``error`` is prefixed with the input's path."""
     return {
         "input": str(path),
-        "target": job[0],
-        "group": job[1],
+        "target": job.target,
+        "group": job.group,
+        "position": job.position,
         "output": None if output is None else str(output),
         "ok": error is None,
         "error": None if error is None else f"{path}: {error}",
@@ -160,15 +187,15 @@ def _process(ager, path: Path, args: argparse.Namespace, writer: _Writer) -> lis
             results.append(_write(writer, next(aged.images), path, job, args.out, faces))
     if args.progression:
         try:
-            strip = ager.progression(image, aligned=args.aligned)
+            strip = ager.progression(image, args.progression_ages, aligned=args.aligned)
         except (OSError, ValueError) as e:
             return [*results, _result(path, jobs[-1], error=str(e), faces=0 if isinstance(e, NoFaceError) else faces)]
         results.append(_write(writer, strip, path, jobs[-1], args.out, faces))
     return results
 
 
-def _write(writer: _Writer, image, path: Path, job: tuple[str, str], out_dir: Path, faces: int) -> dict:
-    out = out_dir / output_name(path.stem, job[0])
+def _write(writer: _Writer, image, path: Path, job: Job, out_dir: Path, faces: int) -> dict:
+    out = out_dir / output_name(path.stem, job.target)
     try:
         writer.save(image, out, path, job)
     except (OSError, ValueError) as e:
@@ -177,6 +204,7 @@ def _write(writer: _Writer, image, path: Path, job: tuple[str, str], out_dir: Pa
 
 
 def run(args: argparse.Namespace) -> int:
+    args.progression = args.progression or args.progression_ages is not None
     if not args.targets and not args.progression:
         raise CLIError("give at least one --to AGE (e.g. --to 70 or --to 30-39), or --progression")
     if args.out.exists() and not args.out.is_dir():
@@ -202,14 +230,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     except RuntimeError as e:  # weights that do not fit the architecture (another faceage version)
         raise CLIError(f"cannot load model {args.model or 'bundled'}: {str(e).splitlines()[0]}") from None
-    for t in args.targets:
+    for t in args.targets + (args.progression_ages or []):
         try:
-            ager.group(t)
+            ager.position(t)
         except ValueError as e:
             raise CLIError(f"{e} (model {ager.source})") from None
+    strip_labels = [ager.label(t) for t in args.progression_ages or ager.labels]
     print(f"faceage age: {ager}; precision {ager.backend.precision} ({ager.backend.precision_why})", file=sys.stderr)
     expanded = list(expand_inputs(args.inputs))
-    writer = _Writer([p for p, err in expanded if err is None], args.model or "bundled default", ager.labels)
+    writer = _Writer([p for p, err in expanded if err is None], args.model or "bundled default", strip_labels)
     results: list[dict] = []
     for path, error in tqdm(expanded, desc="ageing", unit="image", file=sys.stderr, disable=None):
         if error is None:

@@ -143,9 +143,7 @@ def evaluate(
     m["estimator"] = {"path": str(est_dir), **info.metrics, "image_size": info.image_size}
     m["judge"] = judge
     m["critics"] = {"recorded": recorded, "networks": critic_list}
-    m["photo_checks"] = _photo_checks(
-        model, cache, config, [AgeScheme.from_dict(meta["scheme"]).label(g) for g in targets], device
-    )
+    m["photo_checks"] = _photo_checks(model, cache, config, [t.label for t in targets], device)
     if out is not None:
         from faceage.eval.report import write_evaluation
 

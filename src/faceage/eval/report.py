@@ -1,4 +1,4 @@
-"""Writing an evaluation: ``metrics.json``, ``report.md`` and three PNG plots (matplotlib, Agg backend).
+"""Writing an evaluation: ``metrics.json``, ``report.md`` and four PNG plots (matplotlib, Agg backend).
 
 The report opens with who judged what ("trained against: ...; judged by: ...") and a summary table in which every
 figure stands next to what the same judge gives for real faces and for returning the input unchanged.
@@ -19,7 +19,7 @@ NO_CRITICS_RECORDED = (
     "none recorded (the model's config has no `critics` list; faceage's training loop uses no frozen age or gender "
     "network: age is learnt from the model's own discriminator's classifier only)"
 )
-PLOTS = ("age_distribution.png", "identity_distance.png", "samples.png")
+PLOTS = ("age_distribution.png", "age_sweep.png", "identity_distance.png", "samples.png")
 
 
 def write_evaluation(result: EvalResult, out: str | Path) -> list[Path]:
@@ -28,6 +28,8 @@ def write_evaluation(result: EvalResult, out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(result.metrics, indent=2, default=_json_default) + "\n")
     atomic_write_bytes(out / "age_distribution.png", plot_ages(result))
+    if result.metrics.get("age_sweep"):
+        atomic_write_bytes(out / "age_sweep.png", plot_sweep(result))
     atomic_write_bytes(out / "identity_distance.png", plot_identity(result))
     if result.grid is not None:
         atomic_write_bytes(out / "samples.png", plot_grid(result))
@@ -60,24 +62,47 @@ def _png(fig) -> bytes:
 
 
 def plot_ages(result: EvalResult) -> bytes:
-    """Box plots of the outputs' estimated ages per target group, the group's age band and real faces' mean."""
+    """Box plots of the outputs' estimated ages per target, the age band of the target's group and real faces' mean."""
     plt = _figure()
-    targets = [t["group"] for t in result.metrics["targets"]]
+    groups = [t["group"] for t in result.metrics["targets"]]
+    positions = [t["position"] for t in result.metrics["targets"]]
     labels = [t["label"] for t in result.metrics["targets"]]
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(targets) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups) + 2), 4.5))
     lower = result.metrics["model"]["scheme"]["lower"]
-    for i, g in enumerate(targets):
+    for i, g in enumerate(groups):
         hi = lower[g + 1] if g + 1 < len(lower) else max(100, lower[g] + 10)  # ages in [lower, next lower)
         ax.add_patch(plt.Rectangle((i + 0.6, lower[g]), 0.8, hi - lower[g], color="tab:green", alpha=0.15, lw=0))
-    ax.boxplot([result.output_ages[g] for g in targets], positions=range(1, len(targets) + 1), widths=0.5)
-    real = [(i + 1, result.real_ages[g].mean()) for i, g in enumerate(targets) if len(result.real_ages[g])]
+    ax.boxplot([result.output_ages[p] for p in positions], positions=range(1, len(groups) + 1), widths=0.5)
+    real = [(i + 1, result.real_ages[p].mean()) for i, p in enumerate(positions) if len(result.real_ages[p])]
     if real:
         ax.scatter(*zip(*real, strict=True), marker="D", color="tab:red", zorder=3, label="real faces (mean)")
         ax.legend(loc="upper left")
-    ax.set_xticks(range(1, len(targets) + 1), labels)
-    ax.set_xlabel("target age group (green: the group's age range)")
+    ax.set_xticks(range(1, len(groups) + 1), labels)
+    ax.set_xlabel("target (green: the age range of its group)")
     ax.set_ylabel("estimated age of outputs (years)")
-    ax.set_title("Estimated age of aged faces per target group")
+    ax.set_title("Estimated age of aged faces per target")
+    return _png(fig)
+
+
+def plot_sweep(result: EvalResult) -> bytes:
+    """The age sweep: each face's estimated age over the target ages (thin), their mean ± std, the diagonal."""
+    plt = _figure()
+    sweep = result.metrics["age_sweep"]
+    ages, means, stds = (np.asarray(sweep[k]) for k in ("ages", "means", "stds"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if result.sweep is not None:
+        for row in result.sweep[:50]:
+            ax.plot(ages, row, color="tab:blue", alpha=0.12, lw=0.8)
+    ax.fill_between(ages, means - stds, means + stds, color="tab:blue", alpha=0.2, lw=0, label="mean ± std")
+    ax.plot(ages, means, "o-", color="tab:blue", label=f"mean of {sweep['n_faces']} faces")
+    ax.plot(ages, ages, "k--", lw=1, label="estimate = target")
+    ax.axhline(sweep["inputs_mean"], color="tab:gray", ls=":", label="unchanged inputs (mean)")
+    ax.set_xlabel("target age (years; fed as a continuous group position)")
+    ax.set_ylabel("estimated age of outputs (years)")
+    ax.set_title(
+        f"Age sweep: Spearman {_f(sweep['spearman'], '.3f')}, means strictly rising: {_yes(sweep['monotonic'])}"
+    )
+    ax.legend(loc="upper left")
     return _png(fig)
 
 
@@ -140,7 +165,7 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         "",
         f"Model `{m['model']['model']}` ({m['model']['image_size']} px, scheme `{m['model']['scheme']['name']}`); "
         f"cache `{data['cache']}`, split `{data['split']}`: {data['n_sources']} source faces aged to "
-        f"{len(m['targets'])} target groups ({over['n_outputs']} outputs), {data['n_reference']} real reference "
+        f"{len(m['targets'])} targets ({over['n_outputs']} outputs), {data['n_reference']} real reference "
         f"faces. Wall time {m['timing']['total_s']:.0f} s.",
         "",
         judged_line(m),
@@ -153,6 +178,8 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         "",
         "![identity distances](identity_distance.png)",
     ]
+    if m.get("age_sweep"):
+        plots[3:3] = ["", "![age sweep](age_sweep.png)"]
     if has_grid:
         plots += ["", "![samples](samples.png)"]
     timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in m["timing"].items())
@@ -160,6 +187,7 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         head,
         _summary_section(m),
         _age_section(m),
+        _sweep_section(m),
         _gender_section(m),
         _identity_section(m),
         _colour_section(m),
@@ -175,6 +203,7 @@ def _age_section(m: dict) -> list[str]:
     rows = [
         [
             r["label"],
+            f"{r['position']:.2f} ({r['group_label']})",
             str(r["n_outputs"]),
             f"{r['est_age_mean']:.1f} ± {r['est_age_std']:.1f}",
             _f(r["group_accuracy"], ".1%"),
@@ -184,17 +213,64 @@ def _age_section(m: dict) -> list[str]:
         ]
         for r in m["targets"]
     ]
-    header = ["target", "outputs", "est. age (mean ± std)", "group acc.", "real faces", "real est. age", "real acc."]
+    header = ["target", "position (group)", "outputs", "est. age (mean ± std)", "group acc.", "real faces"]
+    header += ["real est. age", "real acc."]
     return [
         "## Age",
         "",
         "Estimated by the judge (expected value over 0–100 years): generated faces next to real "
-        "faces of the same group, as in the AcGAN paper's table.",
+        "faces of the same group, as in the AcGAN paper's table. The generator is given each target as a group "
+        "position: a group label is its index, an age in years lies between the two groups whose representative "
+        "ages bracket it. A target is judged against the group its age lies in (group accuracy, real faces)."
+        + _age_targets_line(m),
         "",
         _table(header, rows),
         "",
         f"All outputs: group accuracy {m['overall']['group_accuracy']:.1%}. {_estimator_line(m)}",
     ]
+
+
+def _age_targets_line(m: dict) -> str:
+    """Which positions the targets given as ages map to, e.g. " Ages given: 45 → position 2.95 (41-50)."."""
+    ages = [t for t in m["targets"] if t["label"] != t["group_label"]]  # a group label names its own group
+    if not ages:
+        return ""
+    mapped = ", ".join(f"{t['label']} years → position {t['position']:.2f} (group {t['group_label']})" for t in ages)
+    return f" Ages given: {mapped}."
+
+
+def _sweep_section(m: dict) -> list[str]:
+    sweep = m.get("age_sweep")
+    if not sweep:
+        return []
+    rows = [
+        [f"{a:g}", f"{p:.2f}", f"{mean:.1f} ± {std:.1f}"]
+        for a, p, mean, std in zip(sweep["ages"], sweep["positions"], sweep["means"], sweep["stds"], strict=True)
+    ]
+    return [
+        "## Age sweep",
+        "",
+        f"{sweep['n_faces']} source faces (a seeded subset) aged to every target age from {sweep['ages'][0]:g} to "
+        f"{sweep['ages'][-1]:g} years, each fed to the generator as its continuous group position (between groups "
+        f"too), and judged for age. Spearman over all {sweep['n_faces'] * len(sweep['ages'])} (target age, "
+        f"estimate) pairs: **{_f(sweep['spearman'], '.3f')}**; mean estimate strictly rising with the target age: "
+        f"**{_yes(sweep['monotonic'])}**. The unchanged inputs are estimated at {sweep['inputs_mean']:.1f} on "
+        "average (a generator that does nothing: a flat line, Spearman 0)." + _clamped_line(sweep),
+        "",
+        _table(["target age", "position", "est. age (mean ± std)"], rows),
+    ]
+
+
+def _clamped_line(sweep: dict) -> str:
+    """Which sweep ages are the same condition as the age before them (clamped past the end groups)."""
+    same = sweep.get("same_as_previous") or []
+    if not same:
+        return ""
+    ages = ", ".join(f"{a:g}" for a in same)
+    return (
+        f" {ages} years clamp to the same position as the age before (past the last or before the first group's "
+        "representative age): the same condition, counted once for the rise."
+    )
 
 
 def _identity_section(m: dict) -> list[str]:
@@ -315,6 +391,7 @@ def _summary_section(m: dict) -> list[str]:
     o, order, ident = m["overall"], m.get("age_order") or {}, m["identity"]
     young = m["targets"][0]
     g = o.get("gender")
+    sweep = m.get("age_sweep")
     rows = [
         [
             f"Spearman(target, estimated age) over {', '.join(order.get('targets', []))}",
@@ -348,6 +425,19 @@ def _summary_section(m: dict) -> list[str]:
             "0.0%",
             "~100%",
         ],
+    ]
+    if sweep:
+        rows.append(
+            [
+                f"age sweep {sweep['ages'][0]:g}–{sweep['ages'][-1]:g} years ({sweep['n_faces']} faces): Spearman; "
+                "means strictly rising",
+                f"{_f(sweep['spearman'], '.3f')}; {_yes(sweep['monotonic'])}",
+                "–",
+                "0; no",
+                "high; yes",
+            ]
+        )
+    rows += [
         ["identity verified (dlib < 0.6), all targets", _pct(o["verification_0.6"]), "–", "100%", "high"],
         [
             f"identity verified (dlib < 0.6), youngest target {young['label']}",

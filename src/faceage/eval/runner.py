@@ -7,9 +7,12 @@ The run has three phases, each with a progress bar:
    gender, features) and embedded by the face recogniser; these give the real-face ages and gender
    accuracy per group (the "generic" column of the AcGAN table), the real-face distributions the Fréchet
    distances compare with, and the different-person pairs that calibrate the FAR = 0.1 % threshold;
-2. **generation**: each source face is aged to each target group; every output is quantised to uint8
+2. **generation**: each source face is aged to each target; every output is quantised to uint8
    (what a user would save) before it is judged, embedded, searched for a face and scored for colour
-   blotches against its input;
+   blotches against its input. A target is a group label (that group) or an age in years, fed to the
+   generator as its continuous group position (``AgeScheme.position``) and compared with the real faces of
+   the group that age lies in; then the **age sweep**: a seeded subset of the sources aged to 0, 5, ..., 80
+   years, judged for age only (does the estimated age rise with the asked age, between groups too?);
 3. **metrics**: plain NumPy on the collected arrays (``faceage.eval.metrics``).
 
 Every figure comes with what the same judge gives for real faces and for the unchanged input.
@@ -17,6 +20,7 @@ Every figure comes with what the same judge gives for real faces and for the unc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +39,20 @@ LARGE_BLOTCH = 0.01
 # Different-person pairs grow as n²: 3,000 faces already give 4.5 M pairs, plenty for FAR = 0.1 %.
 MAX_CALIBRATION_FACES = 3000
 
+# The age sweep's target ages in years: every 5 years from a newborn to 80, between and across the groups.
+SWEEP_AGES = tuple(float(a) for a in range(0, 81, 5))
+
 # uint8 images [N,S,S,3] -> (face descriptors [N,128], face detected [N] bool)
 FaceFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of an evaluation: how it was given, the generator's condition, and the group it is judged by."""
+
+    label: str  # as given: an age in years ("45") or a group label ("41-50")
+    position: float  # the generator's float group position (AgeScheme.position; a label: its index)
+    group: int  # the group the target's age lies in: its real faces and age band are the comparison
 
 
 @dataclass
@@ -45,7 +61,8 @@ class EvalConfig:
 
     split: str = "test"
     n: int | None = None  # source faces (seeded sample); None = the whole split
-    targets: list[int | str] | None = None  # groups (index, age or label like "30-39"); None = all groups
+    # Group labels ("30-39"), ages in years ("45", 45.0: a continuous position) or group indices (int); None: all.
+    targets: list[int | float | str] | None = None
     n_reference: int | None = None  # real faces for reference statistics; None = the whole split
     batch_size: int = 32
     seed: int = 0
@@ -55,6 +72,8 @@ class EvalConfig:
     gray_faces: int = 16  # faces for the grayscale check through faceage.load(model).age; 0 skips it
     detail_side: int = 2048  # side of the upscaled photo of the fine-detail check; 0 skips it
     detail_photo: str | None = None  # that photo; None: the bundled astronaut
+    sweep_faces: int = 200  # sources (a seeded subset) aged to every age of sweep_ages; 0 skips the sweep
+    sweep_ages: tuple[float, ...] = SWEEP_AGES
 
 
 @dataclass
@@ -77,10 +96,11 @@ class EvalResult:
 
     metrics: dict
     grid: np.ndarray | None  # [faces, 1 + targets, S, S, 3]: input then one output per target
-    output_ages: dict[int, np.ndarray]  # target group -> estimated ages of its outputs
-    real_ages: dict[int, np.ndarray]  # group -> estimated ages of real faces of that group
+    output_ages: dict[float, np.ndarray]  # target position -> estimated ages of its outputs
+    real_ages: dict[float, np.ndarray]  # target position -> estimated ages of real faces of the target's group
     output_distances: np.ndarray  # identity distance input -> output, reconstructions left out
     impostor_distances: np.ndarray  # different-person pairs of real faces
+    sweep: np.ndarray | None = None  # [faces, sweep ages] estimated ages of the age sweep's outputs
 
 
 @dataclass
@@ -88,7 +108,8 @@ class _Collected:
     """Per-output arrays gathered during generation (one row per (source, target) pair)."""
 
     source: list[np.ndarray] = field(default_factory=list)  # index into the source list
-    target: list[np.ndarray] = field(default_factory=list)
+    target: list[np.ndarray] = field(default_factory=list)  # the generator's group position
+    group: list[np.ndarray] = field(default_factory=list)  # the group the target is judged by
     age: list[np.ndarray] = field(default_factory=list)
     female: list[np.ndarray] = field(default_factory=list)  # P(female); empty without a gender head
     artefact: list[np.ndarray] = field(default_factory=list)  # colour-blotch share of the face region
@@ -145,6 +166,7 @@ class Evaluator:
                 f"prepare a cache with --size {meta['image_size']}"
             )
         self.targets = parse_targets(self.scheme, config.targets)
+        self.positions = [t.position for t in self.targets]
         self.groups = np.array([self.scheme.group(float(a)) for a in cache.ages])
         self.timing: dict[str, float] = {}
         self.warnings: list[str] = []
@@ -203,32 +225,38 @@ class Evaluator:
             imgs = np.asarray(self.cache.images[sources[pos]])
             x = to_input(imgs, self.device).contiguous(memory_format=torch.channels_last)
             src_group = self.groups[sources[pos]]
-            for t in sorted(set(self.targets) | set(src_group.tolist())):
-                # A target outside --targets is generated only for the faces it reconstructs.
-                keep = np.ones(len(pos), bool) if t in self.targets else src_group == t
-                self._one_target(col, x[torch.from_numpy(keep)], imgs[keep], sources[pos[keep]], pos[keep], t, grid)
+            for p in sorted(set(self.positions) | set(map(float, src_group.tolist()))):
+                # A target outside --targets (a whole group) is generated only for the faces it reconstructs.
+                keep = np.ones(len(pos), bool) if p in self.positions else src_group == p
+                self._one_target(col, x[torch.from_numpy(keep)], imgs[keep], sources[pos[keep]], pos[keep], p, grid)
             bar.update(len(pos))
         bar.close()
         return col.arrays()
 
-    def _one_target(self, col: _Collected, x, imgs, rows, pos, t: int, grid: dict[int, np.ndarray]) -> None:
-        target = torch.full((len(pos),), t, dtype=torch.int64, device=self.device)
+    def _generate(self, x: torch.Tensor, position: float) -> np.ndarray:
+        """Faces ``x`` (the generator's input) aged to one group position, as uint8 images."""
+        target = torch.full((len(x),), position, dtype=torch.float32, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             y = self.G(x, target)
         assert y.shape == x.shape, (y.shape, x.shape)
-        out = _to_uint8(y)
+        return _to_uint8(y)
+
+    def _one_target(self, col: _Collected, x, imgs, rows, pos, p: float, grid: dict[int, np.ndarray]) -> None:
+        out = self._generate(x, p)
         self._judge(col.__dict__, out)
         col.artefact.append(self._artefacts(imgs, out, rows))
         col.source.append(pos)
-        col.target.append(np.full(len(pos), t))
+        col.target.append(np.full(len(pos), p))
+        group = self.targets[self.positions.index(p)].group if p in self.positions else int(p)
+        col.group.append(np.full(len(pos), group))
         emb, found = self.judges.faces(out)
         col.emb.append(emb)
         col.detected.append(found)
         col.l1.append(np.abs(out.astype(np.float32) - imgs.astype(np.float32)).mean(axis=(1, 2, 3)) / 255.0)
         if self.judges.fid is not None:
             col.fid.append(self._fid_features(out))
-        if t in self.targets:
-            ti = self.targets.index(t)
+        if p in self.positions:
+            ti = self.positions.index(p)
             for p, o in zip(pos, out, strict=True):
                 if p in grid:
                     grid[p][ti + 1] = o
@@ -262,10 +290,13 @@ class Evaluator:
         t2 = time.perf_counter()
         metrics, dists = self.summarise(sources, reference, ref, out)
         self.timing["metrics_s"] = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        metrics["age_sweep"], sweep = self.sweep(sources) if self.cfg.sweep_faces else (None, None)
+        self.timing["sweep_s"] = time.perf_counter() - t3
         self.timing["total_s"] = time.perf_counter() - t0
         metrics["timing"] = {k: round(v, 2) for k, v in self.timing.items()}
-        ages = {g: out["age"][out["target"] == g] for g in self.targets}
-        real_ages = {g: ref["age"][self.groups[reference] == g] for g in self.targets}
+        ages = {t.position: out["age"][out["target"] == t.position] for t in self.targets}
+        real_ages = {t.position: ref["age"][self.groups[reference] == t.group] for t in self.targets}
         return EvalResult(
             metrics,
             np.stack(list(grid.values())) if grid else None,
@@ -273,7 +304,31 @@ class Evaluator:
             real_ages,
             dists["output"],
             dists["impostor"],
+            sweep,
         )
+
+    @torch.no_grad()
+    def sweep(self, sources: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The age sweep: a seeded subset of the sources aged to every age of ``sweep_ages`` (each at its continuous
+        group position) and judged for age only. Returns :func:`sweep_summary` and the estimates [faces, ages]."""
+        faces = _sample(sources, self.cfg.sweep_faces, self.cfg.seed + 6)
+        ages = [float(a) for a in self.cfg.sweep_ages]
+        positions = [self.scheme.position(a) for a in ages]
+        est = np.empty((len(faces), len(ages)), np.float32)
+        inputs = np.empty(len(faces), np.float32)
+        bs = self.cfg.batch_size
+        for start in tqdm(range(0, len(faces), bs), desc="eval: age sweep", unit="batch", dynamic_ncols=True):
+            imgs = np.asarray(self.cache.images[faces[start : start + bs]])
+            x = to_input(imgs, self.device).contiguous(memory_format=torch.channels_last)
+            inputs[start : start + len(imgs)] = self._ages(imgs)
+            for j, p in enumerate(positions):
+                est[start : start + len(imgs), j] = self._ages(self._generate(x, p))
+        return {**sweep_summary(ages, positions, est), "inputs_mean": float(inputs.mean())}, est
+
+    def _ages(self, imgs: np.ndarray) -> np.ndarray:
+        """The judge's estimated ages of uint8 faces."""
+        j = self.judges.estimator.judge(to_input(imgs, self.device, self.est_size), bf16=self.cfg.bf16)
+        return j.age.float().cpu().numpy()
 
     def _grid_slots(self, sources: np.ndarray) -> dict[int, np.ndarray]:
         """Source position -> [1 + targets, S, S, 3] rows of the sample grid (input filled in), youngest first.
@@ -299,17 +354,18 @@ class Evaluator:
         t.update(1)
         dist = np.linalg.norm(out["emb"] - ref["emb"][src_in_ref][out["source"]], axis=1)
         recon = out["target"] == self.groups[sources][out["source"]]
-        main = np.isin(out["target"], self.targets)
+        main = np.isin(out["target"], self.positions)
         thresholds = {"0.6": M.DLIB_SAME_PERSON_THRESHOLD, "far": identity["threshold_far"]}
         per_target = []
-        for g in self.targets:
+        for target in self.targets:
+            rows = out["target"] == target.position
             per_target.append(
-                self._target_metrics(g, out, out["target"] == g, dist, ref, ref_groups, src_in_ref, thresholds, inputs)
+                self._target_metrics(target, out, rows, dist, ref, ref_groups, src_in_ref, thresholds, inputs)
             )
             t.update(1)
         result = {
             "model": {k: self.meta.get(k) for k in ("model", "image_size", "scheme")},
-            "config": {**self.cfg.__dict__, "targets": self.targets},
+            "config": {**self.cfg.__dict__, "targets": [dataclasses.asdict(t) for t in self.targets]},
             "data": self._data_summary(sources, reference, ref, ref_groups),
             "judges": {
                 "estimator": self.judges.estimator_name,
@@ -348,10 +404,12 @@ class Evaluator:
             "_impostor": impostor,
         }
 
-    def _target_metrics(self, g, out, rows, dist, ref, ref_groups, src_in_ref, thresholds, inputs) -> dict:
+    def _target_metrics(self, target: Target, out, rows, dist, ref, ref_groups, src_in_ref, thresholds, inputs) -> dict:
+        g = target.group
         real = ref_groups == g
         ages = out["age"][rows]
-        m: dict = {"group": g, "label": self.scheme.label(g), "n_outputs": int(rows.sum()), "n_real": int(real.sum())}
+        m: dict = {"label": target.label, "position": target.position, "group": g, "group_label": self.scheme.label(g)}
+        m["n_outputs"], m["n_real"] = int(rows.sum()), int(real.sum())
         m["est_age_mean"], m["est_age_std"] = M.mean_std(ages)
         m["group_accuracy"] = float(np.mean(_groups_of(self.scheme, ages) == g))
         m["real_est_age_mean"] = float(ref["age"][real].mean()) if real.any() else None
@@ -412,15 +470,14 @@ class Evaluator:
         """Do estimated ages follow the targets? Spearman(target, estimate), monotone means, spread of the means as a
         share of real faces' spread (youngest to oldest target), each also for real faces and unchanged inputs."""
         targets, ages = out["target"][main], out["age"][main]
-        means = [float(ages[targets == g].mean()) for g in self.targets]
-        input_means = [float(inputs["age"][main][targets == g].mean()) for g in self.targets]
-        real_rows = np.isin(ref_groups, self.targets)
-        real_means = [
-            float(ref["age"][ref_groups == g].mean()) if (ref_groups == g).any() else None for g in self.targets
-        ]
+        means = [float(ages[targets == p].mean()) for p in self.positions]
+        input_means = [float(inputs["age"][main][targets == p].mean()) for p in self.positions]
+        groups = [t.group for t in self.targets]
+        real_rows = np.isin(ref_groups, groups)
+        real_means = [float(ref["age"][ref_groups == g].mean()) if (ref_groups == g).any() else None for g in groups]
         young, old = self.targets[0], self.targets[-1]
         labels = self.cache.ages[self._reference_rows]
-        label_means = [float(labels[ref_groups == g].mean()) if (ref_groups == g).any() else None for g in self.targets]
+        label_means = [float(labels[ref_groups == g].mean()) if (ref_groups == g).any() else None for g in groups]
         label_spread = None if None in (label_means[0], label_means[-1]) else label_means[-1] - label_means[0]
         label_spread = label_spread if len(self.targets) >= 2 and label_spread and label_spread > 0 else None
         real_spread = None if None in (real_means[0], real_means[-1]) else real_means[-1] - real_means[0]
@@ -430,9 +487,9 @@ class Evaluator:
             return (m[-1] - m[0]) / real_spread if usable else None
 
         return {
-            "targets": [self.scheme.label(g) for g in self.targets],
-            "youngest": self.scheme.label(young),
-            "oldest": self.scheme.label(old),
+            "targets": [t.label for t in self.targets],
+            "youngest": young.label,
+            "oldest": old.label,
             "spearman": _spearman_or_none(targets, ages),
             "means": means,
             "monotonic": _increasing(means),
@@ -473,14 +530,15 @@ class Evaluator:
         in_a[rng.permutation(len(sources))[: len(sources) // 2]] = True
         b = ~np.isin(reference, sources[in_a])
         groups_b, groups_a = self.groups[reference[b]], self.groups[sources[in_a]]
-        targets = [g for g in self.targets if (groups_b == g).sum() >= 1 and (groups_a == g).sum() >= 1]
-        rows = main & in_a[out["source"]] & np.isin(out["target"], targets)
+        kept = [t for t in self.targets if (groups_b == t.group).sum() >= 1 and (groups_a == t.group).sum() >= 1]
+        targets = [t.group for t in kept]  # one entry per target: two targets in one group weigh it twice
+        rows = main & in_a[out["source"]] & np.isin(out["target"], [t.position for t in kept])
         if len(targets) == 0 or in_a.sum() < 2 or b.sum() < 2 or rows.sum() < 2:
             return {"pooled": None}
         feats_a = ref["feat"][np.searchsorted(reference, sources[in_a])]
         real_a = np.isin(groups_a, targets)
         pooled = {
-            "targets": [self.scheme.label(g) for g in targets],
+            "targets": [t.label for t in kept],
             "n_sources": int(in_a.sum()),
             "n_real": int(b.sum()),
             "fd_outputs": M.weighted_frechet_distance(out["feat"][rows], ref["feat"][b], None, _mix(groups_b, targets)),
@@ -509,7 +567,7 @@ class Evaluator:
         m = {"n_outputs": int(rows.sum())}
         m["gender"] = self._gender(out, rows, inputs, {}, None)
         m["artefact_share"] = float(np.mean(out["artefact"][rows] > 0))
-        m["group_accuracy"] = float(np.mean(_groups_of(self.scheme, out["age"][rows]) == out["target"][rows]))
+        m["group_accuracy"] = float(np.mean(_groups_of(self.scheme, out["age"][rows]) == out["group"][rows]))
         m["id_distance_mean"], m["id_distance_std"] = M.mean_std(dist[rows])
         for name, thr in thresholds.items():
             m[f"verification_{name}"] = M.verification_rate(dist[rows], thr)
@@ -544,16 +602,45 @@ class Evaluator:
         return d
 
 
-def parse_targets(scheme: AgeScheme, targets: list[int | str] | None) -> list[int]:
-    """Group indices (sorted, unique) from indices, ages ("70") or labels ("30-39"); None means all groups."""
+def parse_targets(scheme: AgeScheme, targets: list[int | float | str] | None) -> list[Target]:
+    """:class:`Target` s sorted by position, one per position, from group indices (int), ages in years (``"45"``,
+    45.0: the continuous position of :meth:`AgeScheme.position`) or group labels (``"30-39"``); None: all groups."""
     if targets is None:
-        return list(range(scheme.num_groups))
-    groups = set()
+        return [Target(scheme.label(g), float(g), g) for g in range(scheme.num_groups)]
+    parsed: dict[float, Target] = {}
     for t in targets:
-        if isinstance(t, int) and not 0 <= t < scheme.num_groups:
-            raise ValueError(f"target group {t} out of range for scheme {scheme.name!r}")
-        groups.add(t if isinstance(t, int) else scheme.parse(t))
-    return sorted(groups)
+        if isinstance(t, int) and not isinstance(t, bool):
+            if not 0 <= t < scheme.num_groups:
+                raise ValueError(f"target group {t} out of range for scheme {scheme.name!r}")
+            target = Target(scheme.label(t), float(t), t)
+        else:
+            position = scheme.parse_position(t)
+            label = f"{t:g}" if isinstance(t, float) else str(t).strip()
+            target = Target(label, position, scheme.group(scheme.age_at(position)))
+        parsed.setdefault(target.position, target)
+    return [parsed[p] for p in sorted(parsed)]
+
+
+def sweep_summary(ages: list[float], positions: list[float], estimates: np.ndarray) -> dict:
+    """The age sweep's figures from the judge's estimates ``[faces, ages]``: mean and std per target age, Spearman
+    over every (target age, estimate) pair, and whether the means rise strictly with the target age.
+
+    Ages beyond the first or last group's representative age clamp to the same position (``ffhq10``: 75 and 80 are
+    both 70+), so the generator is given the same condition: such an age counts once for ``monotonic`` and is
+    listed in ``same_as_previous``."""
+    assert estimates.shape[1:] == (len(ages),), (estimates.shape, len(ages))
+    means = [float(v) for v in estimates.mean(axis=0)]
+    repeated = [i for i in range(1, len(ages)) if positions[i] == positions[i - 1]]
+    return {
+        "ages": list(ages),
+        "positions": [round(p, 4) for p in positions],
+        "n_faces": int(len(estimates)),
+        "means": means,
+        "stds": [float(v) for v in estimates.std(axis=0)],
+        "spearman": _spearman_or_none(np.tile(np.asarray(ages), len(estimates)), estimates.ravel()),
+        "monotonic": _increasing([m for i, m in enumerate(means) if i not in repeated]),
+        "same_as_previous": [ages[i] for i in repeated],
+    }
 
 
 def _increasing(values: list[float]) -> bool:
@@ -575,12 +662,12 @@ def _spearman_or_none(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def _mix(groups: np.ndarray, targets: list[int]) -> np.ndarray:
-    """Row weights giving each of ``targets`` equal total weight (0 for rows of other groups)."""
+    """Row weights giving each entry of ``targets`` (groups, repeats allowed) equal total weight (0 for other rows)."""
     w = np.zeros(len(groups))
     for g in targets:
         mine = groups == g
         if mine.any():
-            w[mine] = 1.0 / mine.sum()
+            w[mine] += 1.0 / mine.sum()
     return w
 
 

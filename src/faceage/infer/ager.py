@@ -1,5 +1,8 @@
 """The Python API for ageing photos: ``load(name_or_path)`` then ``ager.age(image, to=70)``.
 
+A target is an age in years, which the generator gets as a float group position between the two groups around
+it (``to=37`` is 37 years, not "30-39"), or a group label (``to="30-39"``: exactly that group).
+
 A whole photo is aged face by face: detect, align the way the model's training faces were aligned, run
 the generator, colour-match, and add the model's change (aged crop minus input crop) to the photo through a
 feathered mask. The change is upsampled to the photo's own resolution and added to the photo's own pixels,
@@ -199,35 +202,61 @@ class Ager:
         """The model's age groups, youngest first."""
         return self.scheme.labels
 
+    def position(self, to: Target) -> float:
+        """The generator's condition for a target: a float group position (:meth:`AgeScheme.position`).
+
+        An age in years interpolates between the groups around it (``37`` is 6.25 in ``ffhq10``: a quarter of the
+        way from 30-39 to 40-49); a group label (``"30-39"``) is exactly that group.
+        """
+        self._check_type(to)
+        try:
+            position = self.scheme.parse_position(to)
+        except ValueError as e:
+            raise ValueError(f"bad target age {to!r}: {e}") from None
+        self._check_age(to)
+        return position
+
     def group(self, to: Target) -> int:
-        """The group index for an age in years (``70``) or a group label (``"30-39"``) of this model."""
-        if isinstance(to, bool) or not isinstance(to, int | float | str | np.number):
-            raise TypeError(
-                f"a target is one age in years (70) or one group label ({self.labels[-1]!r}), got "
-                f"{type(to).__name__} {to!r}; for several targets use transform(), stream() or age_many()"
-            )
+        """The group index an age in years (``70``) falls in, or that of a group label (``"30-39"``)."""
+        self._check_type(to)
         try:
             group = self.scheme.parse(to)
         except ValueError as e:
             raise ValueError(f"bad target age {to!r}: {e}") from None
-        age = _as_age(to)
-        if age is not None and not (math.isfinite(age) and 0 <= age <= MAX_TARGET_AGE):
-            raise ValueError(
-                f"bad target age {to!r}: ages go from 0 to {MAX_TARGET_AGE} years; groups: {', '.join(self.labels)}"
-            )
+        self._check_age(to)
         return group
 
-    def groups(self, targets: Iterable[Target]) -> list[int]:
-        """Group indices of several targets (a list of ages or labels, not one bare target)."""
+    def label(self, to: Target) -> str:
+        """How an output is named: an age by its years (``"37"``), a group by its label (``"30-39"``)."""
+        position = self.position(to)
+        age = _as_age(to)
+        return self.labels[int(position)] if age is None else f"{age:g}"
+
+    def positions(self, targets: Iterable[Target]) -> list[float]:
+        """Group positions of several targets (a list of ages or labels, not one bare target)."""
         if isinstance(targets, str | bytes) or not isinstance(targets, Iterable):
             raise TypeError(
                 f"targets must be a list of ages or group labels, got {type(targets).__name__} {targets!r}; "
                 f"for one target write [{targets!r}]"
             )
-        groups = [self.group(t) for t in targets]
-        if not groups:
+        positions = [self.position(t) for t in targets]
+        if not positions:
             raise ValueError(f"no targets given: pass at least one age (70) or group label ({self.labels[-1]!r})")
-        return groups
+        return positions
+
+    def _check_type(self, to: Target) -> None:
+        if isinstance(to, bool) or not isinstance(to, int | float | str | np.number):
+            raise TypeError(
+                f"a target is one age in years (70) or one group label ({self.labels[-1]!r}), got "
+                f"{type(to).__name__} {to!r}; for several targets use transform(), stream() or age_many()"
+            )
+
+    def _check_age(self, to: Target) -> None:
+        age = _as_age(to)
+        if age is not None and not (math.isfinite(age) and 0 <= age <= MAX_TARGET_AGE):
+            raise ValueError(
+                f"bad target age {to!r}: ages go from 0 to {MAX_TARGET_AGE} years; groups: {', '.join(self.labels)}"
+            )
 
     def age(
         self, image: ImageLike, to: Target, *, aligned: bool = False, largest: bool = False, faces: list | None = None
@@ -249,7 +278,7 @@ class Ager:
         makes one output at a time. Raises :class:`NoFaceError` when any photo has no face (use
         :meth:`stream` per photo to go on).
         """
-        groups = self.groups(targets)
+        positions = self.positions(targets)
         one_image = isinstance(images, str | os.PathLike | Image.Image)
         if one_image or (isinstance(images, np.ndarray) and images.ndim != 4):  # a 4-d array is a batch
             raise TypeError("age_many takes a list of images; for one image use age() or stream(), or pass [image]")
@@ -257,9 +286,11 @@ class Ager:
         if not prepared:
             raise ValueError("no images given: age_many needs a list of at least one image")
         counts = [len(p.crops) for p in prepared]
-        generated = self.generate(np.concatenate([p.crops for p in prepared]), groups)
+        generated = self.generate(np.concatenate([p.crops for p in prepared]), positions)
         splits = np.split(generated, np.cumsum(counts)[:-1])
-        return [[self._render(p, g[:, j]) for j in range(len(groups))] for p, g in zip(prepared, splits, strict=True)]
+        return [
+            [self._render(p, g[:, j]) for j in range(len(positions))] for p, g in zip(prepared, splits, strict=True)
+        ]
 
     def transform(
         self, image: ImageLike, targets: Sequence[Target], *, aligned: bool = False, largest: bool = False
@@ -284,18 +315,23 @@ class Ager:
         number of targets. ``faces`` (``faceage.face.Face`` objects, e.g. from an earlier ``detect``) are aged
         instead of detecting them again.
         """
-        groups = self.groups(targets)
+        positions = self.positions(targets)
         prepared = self._prepare(*_read(image, self.max_pixels), aligned, largest, faces)
-        return AgedStream(self._outputs(prepared, groups), faces=len(prepared.crops))
+        return AgedStream(self._outputs(prepared, positions), faces=len(prepared.crops))
 
-    def progression(self, image: ImageLike, *, aligned: bool = False) -> Image.Image:
-        """A labelled strip of the face (the largest one in a photo) aged to every group of the model."""
+    def progression(
+        self, image: ImageLike, targets: Sequence[Target] | None = None, *, aligned: bool = False
+    ) -> Image.Image:
+        """A strip of the face (the largest one in a photo) aged to each target, each tile labelled as
+        :meth:`label` names it: any list of ages (``[5, 20, 37, 70]``) or labels; by default every group."""
+        targets = self.labels if targets is None else targets
+        positions = self.positions(targets)
         prepared = self._prepare(*_read(image, self.max_pixels), aligned, largest=True)
-        generated = self.generate(prepared.crops[:1], list(range(self.scheme.num_groups)))[0]
+        generated = self.generate(prepared.crops[:1], positions)[0]
         if prepared.gray:
             generated = np.repeat(generated @ LUMA[:, None], 3, axis=-1)
         tiles = [np.clip(np.rint(g), 0, 255).astype(np.uint8) for g in generated]
-        strip = progression_strip(tiles, self.labels)
+        strip = progression_strip(tiles, [self.label(t) for t in targets])
         return strip.convert("L") if prepared.mode == "L" else strip
 
     def detect(self, photo: np.ndarray, largest: bool = False) -> list:
@@ -304,8 +340,9 @@ class Ager:
 
         return detect(photo, largest=largest, threshold=self.detect_threshold)
 
-    def generate(self, crops: np.ndarray, groups: Sequence[int]) -> np.ndarray:
-        """Aligned crops ``[F,S,S,3]`` uint8 aged to each group index: ``[F,T,S,S,3]`` float32 in 0..255."""
+    def generate(self, crops: np.ndarray, positions: Sequence[float]) -> np.ndarray:
+        """Aligned crops ``[F,S,S,3]`` uint8 aged to each group position (:meth:`position`; a group index is
+        that group): ``[F,T,S,S,3]`` float32 in 0..255."""
         s = self.image_size
         crops = np.asarray(crops)
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (s, s, 3):
@@ -313,23 +350,24 @@ class Ager:
                 f"crops must be uint8 [F, {s}, {s}, 3] aligned faces at the model's resolution, got {crops.dtype} "
                 f"{crops.shape}; age(image, to, aligned=True) resizes a crop of another size"
             )
-        targets = np.asarray(groups)
+        targets = np.asarray(positions)
         n = self.scheme.num_groups
-        if targets.ndim != 1 or not len(targets) or not np.issubdtype(targets.dtype, np.integer):
-            raise ValueError(f"groups must be a non-empty list of group indices, got {groups!r}")
-        if targets.min() < 0 or targets.max() >= n:
+        numeric = np.issubdtype(targets.dtype, np.integer) or np.issubdtype(targets.dtype, np.floating)
+        if targets.ndim != 1 or not len(targets) or not numeric:
+            raise ValueError(f"positions must be a non-empty list of group positions, got {positions!r}")
+        if not (np.isfinite(targets).all() and targets.min() >= 0 and targets.max() <= n - 1):
             raise ValueError(
-                f"group indices must be 0..{n - 1} ({', '.join(self.labels)}), got {list(groups)}; "
-                "ager.group(70) maps an age to its index"
+                f"group positions must be 0..{n - 1} ({', '.join(self.labels)}), got {list(positions)}; "
+                "ager.position(70) maps an age to its position"
             )
         faces = np.repeat(np.arange(len(crops)), len(targets))
-        targets = np.tile(targets.astype(np.int64), len(crops))
+        targets = np.tile(targets.astype(np.float32), len(crops))
         out = np.empty((len(faces), s, s, 3), dtype=np.float32)
         for i in range(0, len(faces), self.batch_size):
             x = crops[faces[i : i + self.batch_size]].astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
             y = self.backend(x, targets[i : i + self.batch_size])
             out[i : i + len(y)] = (np.clip(y, -1, 1).transpose(0, 2, 3, 1) + 1) * 127.5
-        return out.reshape(len(crops), len(groups), s, s, 3)
+        return out.reshape(len(crops), len(positions), s, s, 3)
 
     def _prepare(
         self, photo: np.ndarray, mode: str, aligned: bool, largest: bool, faces: list | None = None
@@ -348,11 +386,11 @@ class Ager:
         masks = [face_mask(a.landmarks, s) for a in aligned_faces]
         return _Prepared(photo, np.stack([a.image for a in aligned_faces]), aligned_faces, masks, gray, mode)
 
-    def _outputs(self, prepared: _Prepared, groups: list[int]) -> Iterator[Image.Image]:
-        """Each group's output in turn; the generator runs on as many groups at once as fill one batch."""
+    def _outputs(self, prepared: _Prepared, positions: list[float]) -> Iterator[Image.Image]:
+        """Each target's output in turn; the generator runs on as many targets at once as fill one batch."""
         per_batch = max(1, self.batch_size // len(prepared.crops))
-        for start in range(0, len(groups), per_batch):
-            generated = self.generate(prepared.crops, groups[start : start + per_batch])
+        for start in range(0, len(positions), per_batch):
+            generated = self.generate(prepared.crops, positions[start : start + per_batch])
             for j in range(generated.shape[1]):
                 yield self._render(prepared, generated[:, j])
 

@@ -1,7 +1,8 @@
 """Ways to run a generator: eager torch (fp32 or bf16 autocast) or an exported ONNX file.
 
 Both take and return NumPy arrays so the rest of inference does not care which one runs:
-``backend(images float32 [B,3,S,S] in [-1,1], targets int64 [B]) -> float32 [B,3,S,S] in [-1,1]``.
+``backend(images float32 [B,3,S,S] in [-1,1], targets float32 [B]) -> float32 [B,3,S,S] in [-1,1]``, where a
+target is a float group position (``AgeScheme.position``: 6.25 is a quarter of the way from group 6 to group 7).
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from faceage.precision import PRECISIONS, autocast, resolve_precision
 
 
 def check_batch(images: np.ndarray, targets: np.ndarray) -> None:
-    """Raise ValueError unless ``images`` is ``[B,3,S,S]`` and ``targets`` holds one group index per image."""
+    """Raise ValueError unless ``images`` is ``[B,3,S,S]`` and ``targets`` holds one group position per image."""
     images, targets = np.asarray(images), np.asarray(targets)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be a [B, 3, S, S] batch (channels first, in [-1, 1]), got shape {images.shape}")
     if targets.shape != (images.shape[0],):
         raise ValueError(f"need one target group per image: {images.shape[0]} images, targets of shape {targets.shape}")
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise TypeError(f"targets must be integer group indices, got dtype {targets.dtype}")
+    if targets.dtype == bool or not (
+        np.issubdtype(targets.dtype, np.integer) or np.issubdtype(targets.dtype, np.floating)
+    ):
+        raise TypeError(f"targets must be float group positions (or integer group indices), got dtype {targets.dtype}")
 
 
 class TorchBackend:
@@ -46,7 +49,7 @@ class TorchBackend:
         check_batch(images, targets)
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
         x = x.contiguous(memory_format=torch.channels_last)
-        t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64)).to(self.device)
+        t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(self.device)
         with torch.inference_mode(), autocast(self.precision, self.device):
             y = self.generator(x, t)
         assert y.shape == x.shape, f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}"
@@ -74,12 +77,20 @@ class OnnxBackend:
         self.precision, self.precision_why = "fp32", "the exported ONNX graph is fp32"
         self.session = ort.InferenceSession(str(self.path), providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
+        # Files exported before float ages take int64 group indices: they can still age to a whole group.
+        self.integer_targets = self.session.get_inputs()[1].type == "tensor(int64)"
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         check_batch(images, targets)
+        targets = np.asarray(targets)
+        if self.integer_targets and not np.array_equal(targets, np.round(targets)):
+            raise ValueError(
+                f"{self.path} takes whole age groups only (int64 targets, an export from before float ages), got "
+                f"positions {targets.tolist()}; export the model again with `faceage export --onnx`"
+            )
         feed = {
             self.inputs[0]: np.ascontiguousarray(images, dtype=np.float32),
-            self.inputs[1]: np.ascontiguousarray(targets, dtype=np.int64),
+            self.inputs[1]: np.ascontiguousarray(targets, dtype=np.int64 if self.integer_targets else np.float32),
         }
         (y,) = self.session.run(None, feed)
         if y.shape != images.shape:  # a hand-made or foreign .onnx file, not one of faceage export's

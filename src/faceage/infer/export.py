@@ -1,7 +1,8 @@
 """Export a generator to ONNX, with its meta (scheme, image size, alignment) inside the file.
 
-The ONNX graph takes ``image`` (float32 [B,3,S,S] in [-1,1]) and ``target`` (int64 [B] group index) and
-returns ``aged`` (float32 [B,3,S,S]); the batch size is free. The meta dict that ``config.json`` holds
+The ONNX graph takes ``image`` (float32 [B,3,S,S] in [-1,1]) and ``target`` (float32 [B] group position:
+``AgeScheme.position``, so 37 years is 6.25 in ``ffhq10``, between groups 6 and 7) and returns ``aged`` (float32
+[B,3,S,S]); the batch size is free. The meta dict that ``config.json`` holds
 for a released folder is stored as JSON in the model's ``metadata_props`` under ``faceage.meta``, so the
 one file is enough to age photos with ``faceage age --model OUT.onnx``.
 """
@@ -34,7 +35,7 @@ def export_onnx(generator: torch.nn.Module, meta: dict, path: str | Path, *, ops
     size = int(meta["image_size"])
     num_groups = len(meta["scheme"]["lower"])
     x = torch.zeros(2, 3, size, size)
-    t = torch.tensor([0, num_groups - 1], dtype=torch.int64)
+    t = torch.tensor([0.0, num_groups - 1.5], dtype=torch.float32)  # a whole group and a blend of two
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter logs that torchvision ops are unavailable and warns about its own internals: not our concern.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -80,13 +81,13 @@ def read_onnx_meta(path: str | Path) -> dict:
 
 
 def onnx_max_error(generator: torch.nn.Module, path: str | Path, *, batch: int = 3, seed: int = 0) -> float:
-    """Largest absolute difference between eager fp32 torch and onnxruntime on random faces and targets."""
+    """Largest absolute difference between eager fp32 torch and onnxruntime on random faces and fractional targets."""
     from faceage.infer.backends import OnnxBackend, TorchBackend
 
     meta = read_onnx_meta(path)
     size, num_groups = int(meta["image_size"]), len(meta["scheme"]["lower"])
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(batch, 3, size, size)).astype(np.float32)
-    t = rng.integers(0, num_groups, size=batch).astype(np.int64)
+    t = rng.uniform(0, num_groups - 1, size=batch).astype(np.float32)
     expected = TorchBackend(generator.float().cpu(), "fp32")(x, t)
     return float(np.abs(OnnxBackend(path)(x, t) - expected).max())

@@ -52,6 +52,7 @@ from faceage.web.engine import (  # noqa: E402
     Upload,
     WebError,
     age_faces,
+    between,
     close_up,
     close_up_box,
     cpu_cores,
@@ -153,7 +154,7 @@ class App:
 
     @_guarded(outputs=2)
     def on_note(self, method: str, years: float) -> tuple:
-        """The slider's label: which age group of the method the age snaps to (loads a method on first choice)."""
+        """The slider's label: where the age lies among the method's age groups (loads a method on first choice)."""
         return target_note(self.methods.get(method), years), gr.update()
 
     @_guarded(outputs=2)
@@ -162,25 +163,26 @@ class App:
         upload = self.sessions.get(request.session_hash)
         faces = self.face_indices(upload, choice)
         start = time.perf_counter()
-        view, group = self.runner(self._age, upload, faces, method, int(round(years)))
+        view, where = self.runner(self._age, upload, faces, method, float(years))
         which = "all faces" if len(faces) > 1 else f"face {faces[0] + 1}"
-        return view, f"Aged {which} to {round(years)} years (group {group}) in {time.perf_counter() - start:.1f} s."
+        return view, f"Aged {which} to {years:g} years ({where}) in {time.perf_counter() - start:.1f} s."
 
-    def _age(self, upload: Upload, faces: list[int], method: str, years: int) -> tuple[str, str]:
+    def _age(self, upload: Upload, faces: list[int], method: str, years: float) -> tuple[str, str]:
+        """The before / after view and where the age lies among the method's groups (:func:`between`)."""
         ager = self.methods.get(method)
         (aged,) = age_faces(ager, upload.photo, [upload.faces[i] for i in faces], [years])
-        group = ager.labels[ager.group(years)]
-        png = png_bytes(aged, Provenance(model=method, target=str(years), group=group))
+        group, where = ager.labels[ager.group(years)], between(ager, years)
+        png = png_bytes(aged, Provenance(model=method, target=f"{years:g}", group=group))
         box = close_up_box(upload.faces[faces[0]], upload.photo.shape)
         view = render.before_after(
             upload.photo,
             aged,
             png,
-            caption=f"After: {years} years (age group {group}), {method}",
-            filename=f"{upload.name}_to{years}.png",
+            caption=f"After: {years:g} years ({where}), {method}",
+            filename=f"{upload.name}_to{years:g}.png",
             close_ups=(close_up(upload.photo, box), close_up(aged, box)),
         )
-        return view, group
+        return view, where
 
     @_guarded(outputs=2)
     def on_strip(self, choice: str | None, method: str, text: str, request: gr.Request) -> tuple:
@@ -191,13 +193,15 @@ class App:
         view = self.runner(self._strip, upload, index, method, ages)
         return view, f"Progression of face {index + 1} over {len(ages)} ages."
 
-    def _strip(self, upload: Upload, index: int, method: str, ages: list[int]) -> str:
+    def _strip(self, upload: Upload, index: int, method: str, ages: list[float]) -> str:
         ager = self.methods.get(method)
         aged = age_faces(ager, upload.photo, [upload.faces[index]], ages)
         box = close_up_box(upload.faces[index], upload.photo.shape)
         tiles = [close_up(upload.photo, box, STRIP_TILE)] + [close_up(a, box, STRIP_TILE) for a in aged]
-        labels = ["original"] + [f"{a} ({ager.labels[ager.group(a)]})" for a in ages]
-        png = png_bytes(progression_strip(tiles, labels), Provenance(model=method, target=", ".join(map(str, ages))))
+        labels = ["original"] + [f"{a:g} years" for a in ages]
+        png = png_bytes(
+            progression_strip(tiles, labels), Provenance(model=method, target=", ".join(f"{a:g}" for a in ages))
+        )
         return render.strip_view(png, f"{upload.name}_progression.png")
 
     @_guarded(outputs=2)
@@ -205,17 +209,17 @@ class App:
         """The same face aged to ``years`` by every method, side by side."""
         upload = self.sessions.get(request.session_hash)
         index = self.face_indices(upload, choice)[0]
-        view = self.runner(self._compare, upload, index, int(round(years)))
-        return view, f"Face {index + 1} aged to {round(years)} years by {len(self.methods.labels)} methods."
+        view = self.runner(self._compare, upload, index, float(years))
+        return view, f"Face {index + 1} aged to {years:g} years by {len(self.methods.labels)} methods."
 
-    def _compare(self, upload: Upload, index: int, years: int) -> str:
+    def _compare(self, upload: Upload, index: int, years: float) -> str:
         box = close_up_box(upload.faces[index], upload.photo.shape)
         tiles: list[tuple[np.ndarray | None, str]] = [(close_up(upload.photo, box), "original")]
         for label in self.methods.labels:
             try:
                 ager = self.methods.get(label)
                 (aged,) = age_faces(ager, upload.photo, [upload.faces[index]], [years])
-                tiles.append((close_up(aged, box), f"{label}: {ager.labels[ager.group(years)]}"))
+                tiles.append((close_up(aged, box), f"{label}: {between(ager, years)}"))
             except WebError as e:  # a method that cannot load says so in its tile; the others still show
                 tiles.append((None, f"{label}: {e}"))
         return render.tiles_view(tiles)

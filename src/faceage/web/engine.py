@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import math
 import os
 import threading
 import time
@@ -206,18 +207,29 @@ def _bundled_model_exists() -> bool:
     return True
 
 
+def between(ager: Ager, years: float) -> str:
+    """Where an age lies among the method's age groups: ``"group 30-39"`` or ``"between 30-39 and 40-49"``."""
+    position = ager.position(float(years))
+    low = min(int(position), len(ager.labels) - 2)
+    if position in (low, low + 1):
+        return f"group {ager.labels[int(position)]}"
+    return f"between {ager.labels[low]} and {ager.labels[low + 1]}"
+
+
 def target_note(ager: Ager, years: float) -> str:
-    """What the slider's age means for this model: the age group it snaps to (no model takes a continuous age)."""
-    group = ager.labels[ager.group(int(round(years)))]
-    return f"{int(round(years))} years → age group **{group}**: this method ages by age group, so the slider snaps."
+    """What the slider's age means for this model: the exact age, blended between the age groups around it."""
+    return (
+        f"{years:g} years → {between(ager, years)} (group position {ager.position(float(years)):.2f}): the method "
+        "is given the age itself, between the age groups it was trained on."
+    )
 
 
 def age_faces(ager: Ager, photo: np.ndarray, faces: Sequence[Face], targets: Sequence[float]) -> list[Image.Image]:
-    """``photo`` with ``faces`` (found at upload) aged to each target age in years: one image per target.
+    """``photo`` with ``faces`` (found at upload) aged to each target age in years, exactly: one image per target.
 
     This is ``Ager.stream`` on faces detected once per upload, so the page ages exactly as ``faceage age`` does.
     """
-    return list(ager.stream(photo, [int(round(t)) for t in targets], faces=list(faces)).images)
+    return list(ager.stream(photo, [float(t) for t in targets], faces=list(faces)).images)
 
 
 def close_up_box(face: Face, shape: tuple[int, ...], zoom: float = 2.0) -> tuple[int, int, int, int]:
@@ -235,16 +247,16 @@ def close_up(photo: np.ndarray | Image.Image, box: tuple[int, int, int, int], si
     return np.asarray(image.crop(box).resize((size, size), Image.Resampling.LANCZOS))
 
 
-def parse_ages(text: str, limits: Limits) -> list[int]:
-    """Ages in years from ``"5, 20, 40 70"``; :class:`WebError` for anything else."""
+def parse_ages(text: str, limits: Limits) -> list[float]:
+    """Ages in years, exactly as typed, from ``"5, 20, 37.5 70"``; :class:`WebError` for anything else."""
     words = text.replace(",", " ").split()
     if not words:
         raise WebError("type the ages for the strip, e.g. 5, 20, 40, 70")
     try:
-        ages = [int(round(float(w))) for w in words]
+        ages = [float(w) for w in words]
     except ValueError:
         raise WebError(f"ages must be numbers of years, e.g. 5, 20, 40, 70; got {text!r}") from None
-    if any(a < 0 or a > 120 for a in ages):
+    if any(not math.isfinite(a) or a < 0 or a > 120 for a in ages):
         raise WebError(f"ages must be between 0 and 120 years; got {text!r}")
     if len(ages) > limits.max_ages:
         raise WebError(f"at most {limits.max_ages} ages in one strip; got {len(ages)}")
