@@ -188,3 +188,13 @@ def test_gender_probe_fits_on_the_train_split_and_loads(synth_cache32, tmp_path)
     assert info["num_train"] <= 150 and info["num_test"] > 0 and 0 <= info["test_accuracy"] <= 1
     probe = load_gender_probe(tmp_path / "probe")
     assert probe(torch.zeros(3, 128)).shape == (3,)
+
+
+def test_eval_report_says_when_identity_is_judged_by_a_network_the_model_trained_against():
+    from faceage.eval.report import _dlib_critic_warning
+
+    dlib = {"name": "dlib recogniser", "weights_sha256": "ab" * 32}
+    age = {"name": "age critic age-estimator", "weights_sha256": "cd" * 32}
+    assert "Not an independent judge" in _dlib_critic_warning({"critics": {"networks": [age, dlib]}})
+    assert _dlib_critic_warning({"critics": {"networks": [age]}}) == ""
+    assert _dlib_critic_warning({}) == ""

@@ -301,8 +301,20 @@ def _identity_section(m: dict) -> list[str]:
         "",
         _table(header, rows),
         "",
-        f"Embeddings: {m['judges']['embedding']}.{_check_line(m)} Face detection: {m['judges']['detector']}.",
+        f"Embeddings: {m['judges']['embedding']}.{_check_line(m)} Face detection: {m['judges']['detector']}."
+        f"{_dlib_critic_warning(m)}",
     ]
+
+
+def _dlib_critic_warning(m: dict) -> str:
+    """A warning when the model trained against dlib's recogniser, the network these identity figures use."""
+    nets = (m.get("critics") or {}).get("networks") or []
+    if not any("dlib" in str(c.get("name", "")).lower() for c in nets):
+        return ""
+    return (
+        " **Not an independent judge here**: this model trained against dlib's recogniser (a `w_face_id` critic), so "
+        "identity distances and FD-dlib measure what it was pulled towards; age, gender and FD-judge are independent."
+    )
 
 
 def _realism_section(m: dict) -> list[str]:
