@@ -93,7 +93,7 @@ def test_group_ages_come_from_the_scheme_and_targets_map_to_years():
     cfg = from_dict({"model": model, "train": {"scheme": "ffhq10", "image_size": 32}})
     assert cfg.model_config.group_ages[6] == 34.5 and len(cfg.model_config.group_ages) == 10
     model = get_model("ragan")(cfg.model_config)
-    assert model.target_years(torch.tensor([6.25, 9.0])).tolist() == pytest.approx([37.0, 75.0])
+    assert model.config.target_years(torch.tensor([6.25, 9.0])).tolist() == pytest.approx([37.0, 75.0])
     with pytest.raises(ValueError, match="group_ages"):
         get_model("ragan").make_config({**TINY_RAGAN_CONFIG, "w_age": 1.0})
 

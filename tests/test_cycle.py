@@ -188,7 +188,7 @@ def test_each_phase_changes_only_its_networks():
 
 @pytest.mark.parametrize("w_adv", [0.0, 0.5])
 def test_the_real_fake_head_is_optional(w_adv):
-    weights = {"w_age": 2.0, "w_cyc": 3.0, "w_id": 0.5, "w_adv": w_adv}
+    weights = {"w_cls": 2.0, "w_cyc": 3.0, "w_id": 0.5, "w_adv": w_adv}
     model = _tiny(**weights)
     optimizers = model.optimizers(2e-4, (0.5, 0.999))
     head = [p.detach().clone() for p in model.discriminator.real.parameters()]
@@ -290,3 +290,10 @@ def test_the_generator_exports_to_onnx(tmp_path):
     with torch.no_grad():
         expected = model.generator(x, target).numpy()
     assert np.abs(OnnxBackend(path)(x.numpy(), target.numpy()) - expected).max() < 1e-4
+
+
+def test_frozen_critics_switch_on_from_the_config():
+    model = _tiny(w_face_id=1.0)
+    terms = model.train_step(_batch(), step=0)[0].loss()
+    assert "face_id" in terms and "age" not in terms
+    assert [r["name"] for r in model.critic_records()] == ["dlib recogniser"]

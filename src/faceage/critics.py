@@ -43,10 +43,23 @@ class CriticWeights:
     w_face_id: float = 0.0  # 1 - cosine of dlib descriptors of output and input
     w_gender: float = 0.0  # BCE of the gender probe on the output against its probability on the input
     age_critic: str = "age-estimator"  # an estimator folder under faceage/weights, or a path
+    group_ages: tuple[float, ...] = ()  # filled in from the age scheme: each group's representative age in years
 
     @property
     def any_critic(self) -> bool:
         return self.w_age > 0 or self.w_face_id > 0 or self.w_gender > 0
+
+    def check_critics(self, num_groups: int) -> None:
+        """Raise unless the weights can be used: ``w_age`` needs the years of every group."""
+        if self.w_age > 0 and len(self.group_ages) != num_groups:
+            raise ValueError(f"w_age needs group_ages for all {num_groups} groups, got {self.group_ages}")
+
+    def target_years(self, target: torch.Tensor) -> torch.Tensor:
+        """Ages in years [B] of float target positions [B]: linear between the groups' representative ages."""
+        from faceage.nn.layers import two_hot
+
+        ages = torch.tensor(self.group_ages, device=target.device, dtype=torch.float32)
+        return two_hot(target, len(self.group_ages)) @ ages
 
 
 def weights_folder(name: str) -> Path:

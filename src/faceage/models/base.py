@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from faceage.critics import Critics, CriticWeights
 from faceage.groups import AgeScheme
 
 
@@ -96,10 +97,27 @@ class FaceAgingModel(nn.Module):
         """The phases of training step ``step`` on ``batch`` (a dict of tensors already on the device)."""
         raise NotImplementedError
 
+    def critic_terms(self, x: torch.Tensor, fake: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen critics' terms for ``fake`` made from ``x`` at float target positions ``target``, and under
+        ``"critics"`` their weighted sum to add to the generator's loss; ``{}`` when the config (a
+        :class:`faceage.critics.CriticWeights`) sets no critic weight. The critics load on first use, on ``x``'s
+        device, and stay outside the module tree: never trained, never checkpointed."""
+        cfg = self.config
+        if not isinstance(cfg, CriticWeights) or not cfg.any_critic:
+            return {}
+        if getattr(self, "_critics", None) is None:
+            object.__setattr__(self, "_critics", Critics(cfg, x.device))
+        return self._critics.terms(x, fake, cfg.target_years(target))
+
     def critic_records(self) -> list[dict]:
         """``[{"name", "weights_sha256"}]`` of the frozen networks this model trains against (see
         ``faceage.critics``); saved with checkpoints and exports so that none of them judges it."""
-        return []
+        cfg = self.config
+        if not isinstance(cfg, CriticWeights) or not cfg.any_critic:
+            return []
+        if getattr(self, "_critics", None) is None:
+            object.__setattr__(self, "_critics", Critics(cfg, torch.device("cpu")))
+        return self._critics.records()
 
     @torch.no_grad()
     def sample_grid(

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceage import losses
+from faceage.critics import CriticWeights
 from faceage.groups import AgeScheme
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
@@ -52,8 +53,11 @@ from faceage.nn.layers import (
 
 
 @dataclass
-class CycleConfig:
-    """The cycle GAN's architecture and loss weights; saved as ``model_config`` with every checkpoint and export."""
+class CycleConfig(CriticWeights):
+    """The cycle GAN's architecture and loss weights; saved as ``model_config`` with every checkpoint and export.
+
+    The frozen critics' weights (``w_age``, ``w_face_id``, ``w_gender``; off by default, not in the original)
+    come from :class:`CriticWeights`."""
 
     image_size: int = 128  # filled in from the training config
     num_groups: int = 14  # filled in from the age scheme
@@ -65,7 +69,7 @@ class CycleConfig:
     shared: bool = False  # one generator for both directions instead of a forward and a backward one
     d_channels: int = 16  # same rule for the discriminator
     d_max_channels: int = 128
-    w_age: float = 1.0
+    w_cls: float = 1.0  # the age classifier's cross-entropy on x1 toward the target group
     w_cyc: float = 1.0
     w_id: float = 1.0
     w_adv: float = 1.0  # the real/fake head (not in the original); 0 trains the age classifier alone
@@ -78,6 +82,7 @@ class CycleConfig:
             raise ValueError(
                 f"cycle downsamples must be in 2..{int(math.log2(size)) - 2} at {size}px, got {self.downsamples}"
             )
+        self.check_critics(self.num_groups)
         if self.num_groups < 2:
             raise ValueError(f"cycle needs at least two age groups, got num_groups={self.num_groups}")
 
@@ -259,10 +264,14 @@ class CycleGAN(FaceAgingModel):
                 "cyc": losses.l1(x2, x),
                 "id": losses.feature_consistency(code1, code),
             }
-            total = cfg.w_age * terms["g_age"] + cfg.w_cyc * terms["cyc"] + cfg.w_id * terms["id"]
+            total = cfg.w_cls * terms["g_age"] + cfg.w_cyc * terms["cyc"] + cfg.w_id * terms["id"]
             if cfg.w_adv > 0:
                 terms["g_adv"] = losses.generator_adversarial(real_logit)
                 total = total + cfg.w_adv * terms["g_adv"]
+            critic_terms = self.critic_terms(x, x1, target.float())
+            if critic_terms:
+                total = total + critic_terms.pop("critics")
+                terms.update(critic_terms)
             return {"loss": total, **terms}
 
         def discriminator_loss() -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceage import losses
-from faceage.critics import Critics, CriticWeights
+from faceage.critics import CriticWeights
 from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
 from faceage.nn.layers import (
@@ -54,7 +54,6 @@ from faceage.nn.layers import (
     ModulatedResBlock,
     channels_last_grad,
     leaky_relu,
-    two_hot,
 )
 
 
@@ -66,7 +65,6 @@ class RAGANConfig(CriticWeights):
 
     image_size: int = 128  # filled in from the training config
     num_groups: int = 10  # filled in from the age scheme
-    group_ages: tuple[float, ...] = ()  # filled in from the age scheme: each group's representative age in years
     channels: int = 16  # per unit of downsampling factor: image_size / 2**k has channels * 2**k, up to max_channels
     max_channels: int = 256
     downsamples: int = 3  # f_id has resolution image_size / 2**downsamples
@@ -112,8 +110,7 @@ class RAGANConfig(CriticWeights):
             raise ValueError(f"RAGAN needs at least two age groups, got num_groups={self.num_groups}")
         if self.output not in ("direct", "masked"):
             raise ValueError(f"RAGAN output must be 'direct' or 'masked', got {self.output!r}")
-        if self.w_age > 0 and len(self.group_ages) != self.num_groups:
-            raise ValueError(f"RAGAN w_age needs group_ages for all {self.num_groups} groups, got {self.group_ages}")
+        self.check_critics(self.num_groups)
 
     def enc_channels(self, level: int) -> int:
         """Channels of the encoder/decoder features at ``image_size / 2**level``."""
@@ -360,8 +357,8 @@ class RAGAN(FaceAgingModel):
             if mask is not None:
                 terms["mask"], terms["mask_tv"] = mask.mean(), losses.total_variation(mask)
                 total = total + cfg.w_mask * terms["mask"] + cfg.w_mask_tv * terms["mask_tv"]
-            if cfg.any_critic:
-                critic_terms = self.critics(x.device).terms(x, fake, self.target_years(target))
+            critic_terms = self.critic_terms(x, fake, target)
+            if critic_terms:
                 total = total + critic_terms.pop("critics")
                 terms.update(critic_terms)
             return {"loss": total, **terms}
@@ -405,17 +402,3 @@ class RAGAN(FaceAgingModel):
             other = ((source + torch.randint(1, n, source.shape, device=source.device)) % n).float()
         same = torch.rand(source.shape, device=source.device) < self.config.same_group_fraction
         return torch.where(same, source.float(), other)
-
-    def target_years(self, target: torch.Tensor) -> torch.Tensor:
-        """Ages in years [B] of float target positions: linear between the groups' representative ages."""
-        ages = torch.tensor(self.config.group_ages, device=target.device, dtype=torch.float32)
-        return two_hot(target, self.config.num_groups) @ ages
-
-    def critics(self, device: torch.device) -> Critics:
-        """The frozen critics the loss weights ask for, loaded on first use (kept out of the module tree)."""
-        if getattr(self, "_critics", None) is None:
-            object.__setattr__(self, "_critics", Critics(self.config, device))
-        return self._critics
-
-    def critic_records(self) -> list[dict]:
-        return self.critics(torch.device("cpu")).records() if self.config.any_critic else []
