@@ -13,6 +13,7 @@ _MODULES: dict[str, str] = {
     "ragan": "faceage.models.ragan",
     "acgan": "faceage.models.acgan",
     "cycle": "faceage.models.cycle",
+    "agecgan": "faceage.models.agecgan",
 }
 _REGISTRY: dict[str, type] = {}
 
