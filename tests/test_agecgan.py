@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from faceage import losses
 from faceage.groups import get_scheme
 from faceage.models import get_model
 from faceage.models.agecgan import (
@@ -19,7 +20,6 @@ from faceage.models.agecgan import (
     optimise_latent,
     pixel_distance,
     reconstructions,
-    smoothed_discriminator_adversarial,
 )
 from faceage.models.pretrained import load_generator, save_pretrained
 from faceage.train.checkpoint import load_checkpoint
@@ -138,9 +138,11 @@ def test_stage2_step_trains_e_only_and_refuses_an_untrained_g():
 
 def test_one_sided_label_smoothing_is_cross_entropy_towards_the_real_label():
     real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.3, -2.0, 1.0])
-    expected = F.binary_cross_entropy_with_logits(real, torch.full_like(real, 0.9))
-    expected = expected + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))  # fakes stay at 0
-    assert smoothed_discriminator_adversarial(real, fake, 0.9).item() == pytest.approx(expected.item(), rel=1e-6)
+    for label in (0.9, 1.0):
+        expected = F.binary_cross_entropy_with_logits(real, torch.full_like(real, label))
+        expected = expected + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))  # fakes stay at 0
+        assert losses.discriminator_adversarial(real, fake, label).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses.discriminator_adversarial(real, fake).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def _eval_generator() -> AgeCGANGenerator:

@@ -455,3 +455,71 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert cpu.auto_threads()[0] == 1
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     assert cpu.auto_threads() == (2, "auto: load average 0.2 on 2 CPUs")
+
+
+def test_eval_of_a_tiny_agecgan_fits_each_face_once_and_reports_the_latent_table(
+    tiny_cache, tiny_estimator, tmp_path, monkeypatch
+):
+    """Age-cGAN's latent is fitted once per face (at its labelled age) and decoded at every target; the paper's
+    table has a column per latent (z0, z*pixel, z*IP) with verification rates; the age-accuracy gap is phrased."""
+    import dataclasses
+
+    from faceage.cli.eval import latent_line
+    from faceage.eval.evaluate import evaluate
+    from faceage.eval.runner import EvalConfig
+    from faceage.groups import get_scheme
+    from faceage.models.agecgan import AgeCGANConfig, AgeCGANGenerator
+    from faceage.models.pretrained import save_pretrained
+
+    scheme = get_scheme("agecgan6")
+    ages = tuple(scheme.representative_age(g) for g in range(6))
+    tiny = dict(image_size=32, group_ages=ages, z_dim=8, g_channels=16, e_channels=4, e_hidden=16, latent_steps=2)
+    cfg = AgeCGANConfig(**tiny, stage=2)
+    torch.manual_seed(0)
+    meta = {"model": "agecgan", "model_config": dataclasses.asdict(cfg), "scheme": scheme.to_dict(), "image_size": 32}
+    model = save_pretrained(tmp_path / "agecgan", AgeCGANGenerator(cfg), meta)
+    encoded: list[torch.Tensor] = []
+    encode = AgeCGANGenerator.encode_faces
+
+    def counting(self, x: torch.Tensor, source_positions: torch.Tensor) -> torch.Tensor:
+        encoded.append(source_positions.clone())
+        return encode(self, x, source_positions)
+
+    monkeypatch.setattr(AgeCGANGenerator, "encode_faces", counting)
+    config = EvalConfig(n=4, targets=["0-18", "60+"], batch_size=4, far=0.01, bf16=False, gray_faces=0, detail_side=0)
+    config = dataclasses.replace(config, sweep_faces=2, recon_faces=3)
+    out = tmp_path / "report"
+    m = evaluate(model, tiny_cache.path, config, estimator=tiny_estimator[0], out=out).metrics
+    # 4 sources once each for every target, 2 for the whole sweep, 3 per fitting mode for the table.
+    assert [len(e) for e in encoded] == [4, 2, 3, 3, 3]
+    assert m["overall"]["n_outputs"] == 8 and m["age_sweep"]["n_faces"] == 2
+    labelled = sorted(scheme.position(float(a)) for a in tiny_cache.ages[tiny_cache.indices("test")])
+    assert all(min(abs(p - q) for q in labelled) < 1e-5 for p in encoded[0].tolist())  # at their labelled ages
+    lat = m["latent_reconstruction"]
+    assert lat["n_faces"] == 3 and list(lat["modes"]) == ["none", "pixel", "identity"]
+    for column in lat["modes"].values():
+        assert 0 <= column["reconstruction_verified"] <= 1 and 0 <= column["aged_verified"] <= 1
+        assert column["reconstruction_distance"] > 0 and column["n_aged"] >= 3  # each face, the target not its own
+    report = (out / "report.md").read_text()
+    assert "## Latent reconstruction (Age-cGAN)" in report and "| z0 = E(x) | z*pixel | z*IP |" in report
+    assert m["latent_fitting"] == {"mode": "pixel", "steps": 2, "lr": 0.05, "source": "each face's labelled age"}
+    assert "latent mode `pixel`, 2 steps" in report
+    assert latent_line(lat).startswith("latent reconstruction on 3 faces")
+    gap = m["age_accuracy_gap"]
+    assert 0 <= gap["synthetic"] <= 1 and 0 <= gap["real"] <= 1
+    assert gap["points"] == pytest.approx(100 * (gap["real"] - gap["synthetic"]))
+    assert f"synthetic faces {gap['synthetic']:.1%} vs real {gap['real']:.1%}" in report
+
+
+def test_age_accuracy_gap_is_phrased_for_any_model():
+    from faceage.eval.runner import age_accuracy_gap, gap_line
+
+    targets = [
+        {"label": "0-20", "n_outputs": 10, "group_accuracy": 0.4, "real_group_accuracy": 0.8},
+        {"label": "51+", "n_outputs": 10, "group_accuracy": 0.6, "real_group_accuracy": 0.6},
+        {"label": "21-30", "n_outputs": 10, "group_accuracy": 0.9, "real_group_accuracy": None},  # no real faces
+    ]
+    gap = age_accuracy_gap(targets)
+    assert gap["targets"] == ["0-20", "51+"] and gap["points"] == pytest.approx(20.0)
+    assert gap_line(gap) == "synthetic faces 50.0% vs real 70.0%: 20.0 points lower"
+    assert age_accuracy_gap(targets[2:]) is None

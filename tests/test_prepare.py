@@ -202,3 +202,46 @@ def test_refuses_out_inside_the_dataset_or_a_foreign_folder(utk200, tmp_path, ca
     assert "is not a faceage cache" in capsys.readouterr().err
     assert main(["prepare", "--dataset", "morph", "--root", str(utk200), "--out", str(tmp_path / "c")]) == 2
     assert "no MORPH CSV" in capsys.readouterr().err
+
+
+def test_from_cache_resamples_faces_and_masks_keeping_labels_and_splits(synth_cache32, tmp_path, capsys):
+    """A cache resampled to 16 px (no decoding, no detection) holds the same rows, labels and splits; its images
+    are the source's shrunk with Lanczos; masks and the alignment's size follow; the manifest names the source."""
+    import json
+    import shutil
+
+    source = tmp_path / "aligned32"
+    shutil.copytree(synth_cache32, source)
+    cache32 = open_cache(source)
+    masks = np.random.default_rng(0).integers(0, 256, (cache32.n, 32, 32), dtype=np.uint8)
+    masks.tofile(source / "masks_32.u8")  # an aligned cache's soft face masks
+    manifest = json.loads((source / "manifest.json").read_text())
+    manifest.update(masks=True, align={"preset": "utkface", "size": 32})
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "cache16"
+    assert main(["prepare", "--from-cache", str(source), "--size", "16", "--out", str(out)]) == 0
+    assert "16 px" in capsys.readouterr().out
+    small, big = open_cache(out), open_cache(source)
+    assert small.size == 16 and small.n == big.n and small.images.shape == (big.n, 16, 16, 3)
+    for column in ("ages", "splits", "genders", "races", "hashes", "relpaths"):
+        assert np.array_equal(getattr(small, column), getattr(big, column)), column
+    assert [len(small.indices(s)) for s in ("train", "val", "test")] == [
+        len(big.indices(s)) for s in ("train", "val", "test")
+    ]
+    lanczos = np.asarray(Image.fromarray(np.asarray(big.images[3])).resize((16, 16), Image.Resampling.LANCZOS))
+    assert np.array_equal(small.images[3], lanczos)
+    assert small.masks.shape == (big.n, 16, 16) and abs(float(small.masks[5].mean()) - float(masks[5].mean())) < 8
+    assert small.align == {"preset": "utkface", "size": 16}
+    origin = small.manifest["resampled_from"]
+    assert origin["cache"] == str(source) and origin["size"] == 32
+    assert main(["prepare", "--from-cache", str(source), "--size", "16", "--out", str(out)]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_from_cache_errors(synth_cache32, tmp_path, capsys):
+    assert main(["prepare", "--from-cache", str(synth_cache32), "--size", "32", "--out", str(tmp_path / "o")]) == 2
+    assert "already holds 32 px faces" in capsys.readouterr().err
+    assert main(["prepare", "--from-cache", str(tmp_path), "--size", "16", "--out", str(tmp_path / "o")]) == 2
+    assert "not a finished faceage cache" in capsys.readouterr().err
+    assert main(["prepare", "--out", str(tmp_path / "o")]) == 2
+    assert "give --dataset and --root" in capsys.readouterr().err

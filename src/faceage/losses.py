@@ -11,9 +11,15 @@ def generator_adversarial(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits.float()).mean()
 
 
-def discriminator_adversarial(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Logistic discriminator loss: ``softplus(-D(real)) + softplus(D(fake))``, mean over the batch."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+def discriminator_adversarial(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: float = 1.0
+) -> torch.Tensor:
+    """Logistic discriminator loss: ``softplus(-D(real)) + softplus(D(fake))``, mean over the batch.
+
+    ``real_target`` below 1 is one-sided label smoothing (Salimans et al. 2016; 0.9 in Age-cGAN): binary
+    cross-entropy of real logits towards ``t`` is ``softplus(-l) + (1 - t) * l``; fakes stay at 0."""
+    real = real_logits.float()
+    return F.softplus(-real).mean() + (1.0 - real_target) * real.mean() + F.softplus(fake_logits.float()).mean()
 
 
 def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="dlib HOG score a detection needs to be aged (default 0.0; weak ones below 0.5 must also be "
         "confirmed by dlib's CNN, and every face needs a face's landmark layout)",
     )  # fmt: skip
+    p.add_argument(
+        "--source-age", type=float, metavar="YEARS",
+        help="Age-cGAN: the age of the faces in the inputs, at which each face is reconstructed (its latent fitted) "
+        "before it is re-aged (default: the model's own, 29); other models age the photo directly and refuse it",
+    )  # fmt: skip
+    p.add_argument(
+        "--latent-mode", metavar="MODE",
+        help="Age-cGAN: how each face's latent is fitted from the encoder's E(x): none (E(x) as it is), pixel "
+        "(pixelwise reconstruction) or identity (dlib descriptor distance; ~1.5 s a face on a CPU) "
+        "(default: the model's own); other models and ONNX files refuse it",
+    )  # fmt: skip
+    p.add_argument("--latent-steps", type=int, metavar="N", help="Age-cGAN: Adam steps of the latent fitting per face")
+    p.add_argument("--latent-lr", type=float, metavar="LR", help="Age-cGAN: step size of the latent fitting")
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for an .onnx model, torch otherwise")
     add_precision_argument(p)
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -225,6 +238,10 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             max_pixels=args.max_pixels,
             detect_threshold=args.detect_threshold,
+            source_age=args.source_age,
+            latent_mode=args.latent_mode,
+            latent_steps=args.latent_steps,
+            latent_lr=args.latent_lr,
         )
     except (ModelNotFoundError, ValueError, ImportError) as e:
         raise CLIError(str(e)) from None

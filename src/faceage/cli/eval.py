@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "kept on a high-resolution photo; then the age sweep: --sweep-faces of the faces aged to every age of "
             "--sweep-ages (fed as continuous group positions) with the judge's mean estimate per age, Spearman and "
             "whether the means rise strictly. The judge may not be a network the model trained against (its "
-            "config's `critics`, or --critic). Writes report.md, metrics.json and PNG plots to --out."
+            "config's `critics`, or --critic). Age-cGAN: each face's latent is fitted once, at its labelled age, and "
+            "decoded at every target; --recon-faces of them also give the paper's latent reconstruction table. "
+            "Writes report.md, metrics.json and PNG plots to --out."
         ),
     )
     p.add_argument(
@@ -72,6 +74,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=SWEEP_AGES_TEXT,
         metavar="AGES",
         help=f"the sweep's target ages in years, comma-separated (default {SWEEP_AGES_TEXT})",
+    )
+    p.add_argument(
+        "--recon-faces",
+        type=int,
+        default=100,
+        metavar="N",
+        help="Age-cGAN only: faces (a seeded subset of those aged) for the paper's latent reconstruction table, "
+        "dlib verification of each face against its reconstruction and its aged outputs for z0 = E(x), z*pixel "
+        "and z*IP; 0 skips it (default 100; identity fitting costs ~1.5 s a face on a CPU)",
     )
     p.add_argument(
         "--judge",
@@ -122,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from faceage.data.cache import CacheError
     from faceage.eval.cpu import set_threads
     from faceage.eval.evaluate import evaluate
-    from faceage.eval.runner import EvalConfig
+    from faceage.eval.runner import EvalConfig, gap_line
     from faceage.infer.resolve import resolve_model
     from faceage.precision import resolve_precision
 
@@ -136,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--n must be at least 2, got {args.n}")
     if args.sweep_faces < 0:
         raise CLIError(f"--sweep-faces must be 0 (no sweep) or more, got {args.sweep_faces}")
+    if args.recon_faces < 0:
+        raise CLIError(f"--recon-faces must be 0 (no latent reconstruction table) or more, got {args.recon_faces}")
     try:
         model = resolve_model(args.model)
         if model.suffix == ".onnx":
@@ -154,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             detail_side=args.detail_side,
             sweep_faces=args.sweep_faces,
             sweep_ages=args.sweep_ages,
+            recon_faces=args.recon_faces,
         )
         result = evaluate(
             model,
@@ -175,11 +189,25 @@ def run(args: argparse.Namespace) -> int:
         f"@FAR {o['verification_far']:.1%}, face detected {o['detected']:.1%}; judged by {m['judge']['path']}",
         file=sys.stderr,
     )
+    if m.get("age_accuracy_gap"):
+        print(f"age accuracy (estimate inside the target group): {gap_line(m['age_accuracy_gap'])}", file=sys.stderr)
     if m["age_sweep"]:
         print(sweep_line(m["age_sweep"]), file=sys.stderr)
+    if m.get("latent_reconstruction"):
+        print(latent_line(m["latent_reconstruction"]), file=sys.stderr)
     print(f"report: {args.out}/report.md")
     print(f"eval wall time: {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def latent_line(lat: dict) -> str:
+    """Age-cGAN's latent reconstruction table in one line: verified reconstructions / aged outputs per latent."""
+    columns = ", ".join(
+        f"{c['latent']} {c['reconstruction_verified']:.0%} / "
+        + ("–" if c["aged_verified"] is None else f"{c['aged_verified']:.0%}")
+        for c in lat["modes"].values()
+    )
+    return f"latent reconstruction on {lat['n_faces']} faces, dlib-verified reconstructions / aged outputs: {columns}"
 
 
 def sweep_line(sweep: dict) -> str:

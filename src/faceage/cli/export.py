@@ -65,6 +65,13 @@ def _export_onnx(generator, meta: dict, out: Path, opset: int) -> dict:
         raise CLIError(str(e)) from None
     error = onnx_max_error(generator, out)
     print(f"faceage export: wrote {out}; max |onnx - torch| = {error:.2e} (fp32)", file=sys.stderr)
+    if hasattr(generator, "set_latent_fitting"):
+        print(
+            f"faceage export: note: {out} ages each face from its encoder's latent only (E(x) decoded by G, latent "
+            "mode none): the per-face latent fitting (pixel or identity) is autograd steps that stay in Python; "
+            "age with the checkpoint or --safetensors folder for it",
+            file=sys.stderr,
+        )
     if error > ONNX_TOLERANCE:
         raise CLIError(f"{out}: ONNX output differs from torch by {error:.2e} > {ONNX_TOLERANCE}; do not use it")
     return {"onnx": str(out), "onnx_max_error": error}

@@ -17,11 +17,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Decode every labelled photo of a dataset, resize it (or align it, with --align), split it "
             "train/val/test and write a memory-mapped cache. Re-running with the same inputs does nothing; "
             "an interrupted run resumes; files that cannot be used are counted by reason and listed in "
-            "CACHE/skipped.csv."
+            "CACHE/skipped.csv. With --from-cache, resample a finished cache to another --size instead."
         ),
     )
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="how the dataset labels its photos")
-    p.add_argument("--root", required=True, help="the dataset folder (or its label file: CSV or .mat)")
+    p.add_argument("--dataset", choices=DATASETS, help="how the dataset labels its photos")
+    p.add_argument("--root", help="the dataset folder (or its label file: CSV or .mat)")
+    p.add_argument(
+        "--from-cache", metavar="CACHE",
+        help="instead of --dataset and --root: resample this finished cache to --size (antialiased, masks too), "
+        "keeping every face, label and split; no photo is decoded or face detected again",
+    )  # fmt: skip
     p.add_argument("--out", required=True, metavar="CACHE", help="cache folder to create or update")
     p.add_argument("--size", type=int, default=128, help="output side in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
@@ -45,6 +50,12 @@ def transform_from_args(args: argparse.Namespace) -> tuple[str, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_cache is not None:
+        if args.dataset or args.root:
+            raise CLIError("give --from-cache CACHE or --dataset and --root, not both")
+        return _resample(args)
+    if not args.dataset or not args.root:
+        raise CLIError("give --dataset and --root (a dataset to prepare), or --from-cache CACHE (a cache to resample)")
     from faceage.data.cache import CacheError
     from faceage.data.prepare import PrepareConfig, prepare
     from faceage.data.records import DatasetError
@@ -85,4 +96,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"  skipped {count:6d}  {reason}")
     if skipped:
         print(f"  list of skipped files: {result.report}")
+    return 0
+
+
+def _resample(args: argparse.Namespace) -> int:
+    from faceage.data.cache import CacheError
+    from faceage.data.prepare import resample_cache
+
+    try:
+        result = resample_cache(args.from_cache, args.out, args.size)
+    except (CacheError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if result.status == "up to date":
+        print(f"cache up to date, nothing to do: {result.images} images in {result.cache}")
+        return 0
+    splits = ", ".join(f"{k} {v}" for k, v in result.splits.items())
+    print(f"{result.status} {result.cache} in {result.seconds:.1f} s: {result.images} images at {args.size} px")
+    print(f"  resampled from {args.from_cache} ({splits}); no face detected again")
     return 0

@@ -611,3 +611,81 @@ def _result_from_manifest(out: Path, manifest: dict, status: str) -> PrepareResu
         splits=counts["splits"],
         skipped=counts["skipped"],
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# resampling a finished cache to another size (no decoding, no face detection)
+
+RESAMPLE_FILTER = "Pillow LANCZOS"
+RESAMPLE_ROWS = 1024  # rows read, resampled and written at a time
+
+
+def resample_cache(source: Path, out: Path, size: int) -> PrepareResult:
+    """A copy of the cache at ``source`` with its faces (and masks) resampled to ``size`` px, antialiased: every
+    row, label and split kept, no photo decoded or face detected again (an aligned face keeps its framing, as
+    alignment scales with the crop). The manifest says where it came from (``resampled_from``); re-running with
+    the same source and size does nothing."""
+    start = time.perf_counter()
+    source, out = Path(os.path.abspath(source)), Path(os.path.abspath(out))
+    src = C.open_cache(source)
+    _check_resample(src, out, size)
+    manifest = _resampled_manifest(src, size)
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        old = _manifest(out)
+        if old is not None and old.get("fingerprint") == manifest["fingerprint"]:
+            return _result_from_manifest(out, old, "up to date")
+        (out / C.MANIFEST).unlink(missing_ok=True)  # from here on the folder is not a finished cache
+        _resample_rows(src.images, out / C.images_name(size), size)
+        if src.masks is not None:
+            _resample_rows(src.masks, out / C.masks_name(size), size)
+        for name in (C.META, C.SKIPPED):
+            atomic_write_bytes(out / name, (source / name).read_bytes())
+        _remove_stale(out, keep_names={C.images_name(size), C.masks_name(size) if src.has_masks else ""})
+        atomic_write_text(out / C.MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    result = _result_from_manifest(out, manifest, "built" if old is None else "updated")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_resample(src: C.FaceCache, out: Path, size: int) -> None:
+    if size < 8:
+        raise ValueError(f"--size {size} is too small; use at least 8 px (typical: 64 or 128)")
+    if size == src.size:
+        raise ValueError(f"{src.path} already holds {size} px faces: give another --size to resample it")
+    if out == src.path:
+        raise ValueError(f"--out {out} is the cache being resampled; give a new folder")
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / C.MANIFEST).exists():
+        raise ValueError(f"--out {out} exists and is not a faceage cache; choose a new or empty folder")
+
+
+def _resampled_manifest(src: C.FaceCache, size: int) -> dict:
+    """The source's manifest at the new size: its counts, settings and labels, plus where it came from. The
+    fingerprint and pixel key differ from those of a cache prepared at ``size``, so a later ``faceage prepare``
+    into the same folder rebuilds it from the photos rather than taking these pixels for decoded ones."""
+    m = src.manifest
+    origin = {"cache": str(src.path), "size": src.size, "fingerprint": m.get("fingerprint"), "filter": RESAMPLE_FILTER}
+    fingerprint = hashlib.sha256(json.dumps(["resampled", origin, size], sort_keys=True).encode()).hexdigest()
+    return {
+        **m,
+        "faceage_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "size": size,
+        "align": None if m.get("align") is None else {**m["align"], "size": size},
+        "settings": {**m.get("settings", {}), "size": size},
+        "pixel_key": {**m.get("pixel_key", {}), "size": size, "resampled_from": src.size},
+        "fingerprint": fingerprint,
+        "resampled_from": origin,
+    }
+
+
+def _resample_rows(images: np.ndarray, dest: Path, size: int) -> None:
+    """Write ``images`` (N x S x S [x 3] uint8) resampled to ``size`` px to ``dest``, a block of rows at a time."""
+    from PIL import Image
+
+    with atomic_open(dest, "wb") as f:
+        for i in range(0, len(images), RESAMPLE_ROWS):
+            block = np.asarray(images[i : i + RESAMPLE_ROWS])
+            small = [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS)) for a in block]
+            if small:
+                f.write(np.ascontiguousarray(np.stack(small)).data)

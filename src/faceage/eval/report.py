@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceage.eval.runner import EvalResult
+from faceage.eval.runner import EvalResult, gap_line
 from faceage.utils import atomic_write_bytes, atomic_write_text
 
 NO_CRITICS_RECORDED = (
@@ -169,6 +169,7 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         f"faces. Wall time {m['timing']['total_s']:.0f} s.",
         "",
         judged_line(m),
+        *_latent_fitting_line(m),
         *[f"\n> **Warning:** {w}" for w in m.get("warnings", [])],
     ]
     plots = [
@@ -194,6 +195,7 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         _photo_section(m),
         _realism_section(m),
         _reconstruction_section(m),
+        _latent_section(m),
         plots,
     ]
     return "\n".join(line for section in sections for line in [*section, ""]) + f"Timing: {timing}.\n"
@@ -226,8 +228,16 @@ def _age_section(m: dict) -> list[str]:
         "",
         _table(header, rows),
         "",
-        f"All outputs: group accuracy {m['overall']['group_accuracy']:.1%}. {_estimator_line(m)}",
+        f"All outputs: group accuracy {m['overall']['group_accuracy']:.1%}. {_gap_sentence(m)}{_estimator_line(m)}",
     ]
+
+
+def _gap_sentence(m: dict) -> str:
+    """ "Age accuracy (estimates inside the target group): synthetic faces X% vs real Y%: Z points lower. " """
+    gap = m.get("age_accuracy_gap")
+    if not gap:
+        return ""
+    return f"Age accuracy (estimates inside the target group) over {', '.join(gap['targets'])}: {gap_line(gap)}. "
 
 
 def _age_targets_line(m: dict) -> str:
@@ -355,6 +365,47 @@ def _realism_section(m: dict) -> list[str]:
     return [*lines, "", _realism_table(m["targets"])]
 
 
+def _latent_fitting_line(m: dict) -> list[str]:
+    """For a model that fits a latent per face (Age-cGAN): how the outputs' latents were fitted."""
+    fit = m.get("latent_fitting")
+    if not fit:
+        return []
+    return [
+        "",
+        f"Each face's latent was fitted once, at its labelled age (latent mode `{fit['mode']}`, {fit['steps']} "
+        "steps), and decoded at every target.",
+    ]
+
+
+def _latent_section(m: dict) -> list[str]:
+    """Age-cGAN's identity table in the paper's form (Antipov et al. 2017, Table 1): one column per latent."""
+    lat = m.get("latent_reconstruction")
+    if not lat:
+        return []
+    modes = list(lat["modes"].values())
+
+    def row(label: str, key: str, fmt: str) -> list[str]:
+        return [label, *(_f(c[key], fmt) for c in modes)]
+
+    rows = [
+        row("reconstruction G(z, y_source): verified", "reconstruction_verified", ".1%"),
+        row("aged G(z, y_target), y_target ≠ y_source: verified", "aged_verified", ".1%"),
+        row("reconstruction: mean dlib distance", "reconstruction_distance", ".3f"),
+        row("aged: mean dlib distance", "aged_distance", ".3f"),
+        row("seconds (fitting, decoding, judging)", "seconds", ".1f"),
+    ]
+    return [
+        "## Latent reconstruction (Age-cGAN)",
+        "",
+        f"{lat['n_faces']} faces, each encoded at its labelled age; the latent z is E(x) as it is or fitted to the "
+        f"face ({lat['steps']} Adam steps, lr {lat['lr']:g}) in pixels or in dlib's descriptor space. Verified: the "
+        f"share of faces (or face, target pairs) that dlib calls the same person as the input (distance < "
+        f"{lat['threshold']:g}), as in the paper's table.",
+        "",
+        _table(["", *(c["latent"] for c in modes)], rows),
+    ]
+
+
 def _reconstruction_section(m: dict) -> list[str]:
     rec = m["reconstruction"]
     return [
@@ -438,6 +489,17 @@ def _summary_section(m: dict) -> list[str]:
             "~100%",
         ],
     ]
+    gap = m.get("age_accuracy_gap")
+    if gap:
+        rows.append(
+            [
+                "age accuracy: judge's estimate inside the target group (" + gap_line(gap) + ")",
+                _pct(gap["synthetic"]),
+                _pct(gap["real"]),
+                "–",
+                "as real faces",
+            ]
+        )
     if sweep:
         rows.append(
             [

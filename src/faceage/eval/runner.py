@@ -16,6 +16,10 @@ The run has three phases, each with a progress bar:
 3. **metrics**: plain NumPy on the collected arrays (``faceage.eval.metrics``).
 
 Every figure comes with what the same judge gives for real faces and for the unchanged input.
+
+A generator with the latent contract (``encode_faces`` / ``render``: Age-cGAN) has each face encoded once, at
+its labelled age, and rendered at every target; such a generator also gets the paper's **latent reconstruction**
+table (:meth:`Evaluator.latent_reconstruction`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from tqdm import tqdm
 from faceage.eval import metrics as M
 from faceage.eval.train_estimator import to_input
 from faceage.groups import AgeScheme
+from faceage.infer.backends import fits_latents
 from faceage.nn.age_estimator import AgeEstimator, sample_ids
 
 # Blotches covering at least this share of the face region are "large" (reported beside any blotch at all).
@@ -41,6 +46,9 @@ MAX_CALIBRATION_FACES = 3000
 
 # The age sweep's target ages in years: every 5 years from a newborn to 80, between and across the groups.
 SWEEP_AGES = tuple(float(a) for a in range(0, 81, 5))
+
+# Age-cGAN's latent fitting modes, as its paper names the latents they give (Antipov et al. 2017, Table 1).
+PAPER_LATENTS = {"none": "z0 = E(x)", "pixel": "z*pixel", "identity": "z*IP"}
 
 # uint8 images [N,S,S,3] -> (face descriptors [N,128], face detected [N] bool)
 FaceFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -74,6 +82,7 @@ class EvalConfig:
     detail_photo: str | None = None  # that photo; None: the bundled astronaut
     sweep_faces: int = 200  # sources (a seeded subset) aged to every age of sweep_ages; 0 skips the sweep
     sweep_ages: tuple[float, ...] = SWEEP_AGES
+    recon_faces: int = 100  # Age-cGAN: faces (a seeded subset) of the latent reconstruction table; 0 skips it
 
 
 @dataclass
@@ -168,6 +177,7 @@ class Evaluator:
         self.targets = parse_targets(self.scheme, config.targets)
         self.positions = [t.position for t in self.targets]
         self.groups = np.array([self.scheme.group(float(a)) for a in cache.ages])
+        self.latents = fits_latents(generator)
         self.timing: dict[str, float] = {}
         self.warnings: list[str] = []
         if (meta.get("align") or None) != (cache.align or None):
@@ -223,22 +233,38 @@ class Evaluator:
         for start in range(0, len(sources), bs):
             pos = np.arange(start, min(start + bs, len(sources)))
             imgs = np.asarray(self.cache.images[sources[pos]])
-            x = to_input(imgs, self.device).contiguous(memory_format=torch.channels_last)
+            faces = self._encode(imgs, sources[pos])
             src_group = self.groups[sources[pos]]
             for p in sorted(set(self.positions) | set(map(float, src_group.tolist()))):
                 # A target outside --targets (a whole group) is generated only for the faces it reconstructs.
                 keep = np.ones(len(pos), bool) if p in self.positions else src_group == p
-                self._one_target(col, x[torch.from_numpy(keep)], imgs[keep], sources[pos[keep]], pos[keep], p, grid)
+                chosen = faces[torch.from_numpy(keep).to(faces.device)]
+                self._one_target(col, chosen, imgs[keep], sources[pos[keep]], pos[keep], p, grid)
             bar.update(len(pos))
         bar.close()
         return col.arrays()
 
-    def _generate(self, x: torch.Tensor, position: float) -> np.ndarray:
-        """Faces ``x`` (the generator's input) aged to one group position, as uint8 images."""
-        target = torch.full((len(x),), position, dtype=torch.float32, device=self.device)
+    def _encode(self, imgs: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Cache faces ``imgs`` (rows ``rows``) as :meth:`_generate` takes them: the generator's input, or with the
+        latent contract their latents, fitted once per face at its labelled age."""
+        x = to_input(imgs, self.device).contiguous(memory_format=torch.channels_last)
+        if not self.latents:
+            return x
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            y = self.G(x, target)
-        assert y.shape == x.shape, (y.shape, x.shape)
+            return self.G.encode_faces(x, self._true_positions(rows))
+
+    def _true_positions(self, rows: np.ndarray) -> torch.Tensor:
+        """The group positions of the labelled ages of cache rows ``rows``."""
+        positions = [self.scheme.position(float(a)) for a in self.cache.ages[rows]]
+        return torch.tensor(positions, dtype=torch.float32, device=self.device)
+
+    def _generate(self, faces: torch.Tensor, position: float | torch.Tensor) -> np.ndarray:
+        """Faces from :meth:`_encode` aged to one group position (or one per face), as uint8 images."""
+        target = torch.as_tensor(position, dtype=torch.float32, device=self.device).expand(len(faces))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            y = self.G.render(faces, target) if self.latents else self.G(faces, target)
+        s = self.cache.size
+        assert y.shape[1:] == (3, s, s), (y.shape, s)
         return _to_uint8(y)
 
     def _one_target(self, col: _Collected, x, imgs, rows, pos, p: float, grid: dict[int, np.ndarray]) -> None:
@@ -293,6 +319,12 @@ class Evaluator:
         t3 = time.perf_counter()
         metrics["age_sweep"], sweep = self.sweep(sources) if self.cfg.sweep_faces else (None, None)
         self.timing["sweep_s"] = time.perf_counter() - t3
+        metrics["latent_fitting"] = self._latent_fitting() if self.latents else None
+        metrics["latent_reconstruction"] = None
+        if self.cfg.recon_faces and self.latents and hasattr(self.G, "set_latent_fitting"):
+            t4 = time.perf_counter()
+            metrics["latent_reconstruction"] = self.latent_reconstruction(sources)
+            self.timing["latent_reconstruction_s"] = time.perf_counter() - t4
         self.timing["total_s"] = time.perf_counter() - t0
         metrics["timing"] = {k: round(v, 2) for k, v in self.timing.items()}
         ages = {t.position: out["age"][out["target"] == t.position] for t in self.targets}
@@ -319,11 +351,72 @@ class Evaluator:
         bs = self.cfg.batch_size
         for start in tqdm(range(0, len(faces), bs), desc="eval: age sweep", unit="batch", dynamic_ncols=True):
             imgs = np.asarray(self.cache.images[faces[start : start + bs]])
-            x = to_input(imgs, self.device).contiguous(memory_format=torch.channels_last)
+            encoded = self._encode(imgs, faces[start : start + bs])
             inputs[start : start + len(imgs)] = self._ages(imgs)
             for j, p in enumerate(positions):
-                est[start : start + len(imgs), j] = self._ages(self._generate(x, p))
+                est[start : start + len(imgs), j] = self._ages(self._generate(encoded, p))
         return {**sweep_summary(ages, positions, est), "inputs_mean": float(inputs.mean())}, est
+
+    def _latent_fitting(self) -> dict:
+        """How the outputs' latents were fitted: the generator's own knobs, at each face's labelled age."""
+        knobs = {k: getattr(self.G, f"latent_{k}", None) for k in ("mode", "steps", "lr")}
+        return {**knobs, "source": "each face's labelled age"}
+
+    @torch.no_grad()
+    def latent_reconstruction(self, sources: np.ndarray) -> dict:
+        """Age-cGAN's identity table (Antipov et al. 2017, Table 1) on a seeded subset of the sources: for the latent
+        each fitting mode finds at the face's labelled age (``none``: z0 = E(x), ``pixel``, ``identity``), the share
+        of faces verified as the same person (dlib distance < 0.6) as their reconstruction G(z, y_source), and of
+        (face, target) pairs verified as the face's outputs G(z, y_target) at targets outside its own group."""
+        faces = _sample(sources, self.cfg.recon_faces, self.cfg.seed + 7)
+        emb_in = self.judges.faces(np.asarray(self.cache.images[faces]))[0]
+        kept_mode = getattr(self.G, "latent_mode", None)
+        modes = {}
+        try:
+            for mode in PAPER_LATENTS:
+                self.G.set_latent_fitting(mode=mode)
+                modes[mode] = self._latent_mode_rates(mode, faces, emb_in)
+        finally:
+            self.G.set_latent_fitting(mode=kept_mode)
+        return {
+            "n_faces": int(len(faces)),
+            "threshold": M.DLIB_SAME_PERSON_THRESHOLD,
+            "steps": getattr(self.G, "latent_steps", None),
+            "lr": getattr(self.G, "latent_lr", None),
+            "source": "each face's labelled age",
+            "modes": modes,
+        }
+
+    def _latent_mode_rates(self, mode: str, faces: np.ndarray, emb_in: np.ndarray) -> dict:
+        """One column of :meth:`latent_reconstruction`: the generator fitting latents in ``mode``."""
+        t0 = time.perf_counter()
+        rec, aged, owner = [], [], []
+        bs = self.cfg.batch_size
+        for start in tqdm(range(0, len(faces), bs), desc=f"eval: latents, {mode}", unit="batch", dynamic_ncols=True):
+            rows = faces[start : start + bs]
+            z = self._encode(np.asarray(self.cache.images[rows]), rows)
+            rec.append(self._generate(z, self._true_positions(rows)))
+            for t in self.targets:
+                other = np.flatnonzero(self.groups[rows] != t.group)
+                if len(other):
+                    aged.append(self._generate(z[torch.from_numpy(other).to(z.device)], t.position))
+                    owner.append(start + other)
+        rec_dist = np.linalg.norm(self.judges.faces(np.concatenate(rec))[0] - emb_in, axis=1)
+        m = {
+            "latent": PAPER_LATENTS[mode],
+            "reconstruction_verified": M.verification_rate(rec_dist, M.DLIB_SAME_PERSON_THRESHOLD),
+            "reconstruction_distance": float(rec_dist.mean()),
+            "aged_verified": None,
+            "aged_distance": None,
+            "n_aged": int(sum(len(o) for o in owner)),
+        }
+        if owner:
+            aged_dist = np.linalg.norm(
+                self.judges.faces(np.concatenate(aged))[0] - emb_in[np.concatenate(owner)], axis=1
+            )
+            m["aged_verified"] = M.verification_rate(aged_dist, M.DLIB_SAME_PERSON_THRESHOLD)
+            m["aged_distance"] = float(aged_dist.mean())
+        return {**m, "seconds": round(time.perf_counter() - t0, 2)}
 
     def _ages(self, imgs: np.ndarray) -> np.ndarray:
         """The judge's estimated ages of uint8 faces."""
@@ -375,6 +468,7 @@ class Evaluator:
             "warnings": self.warnings,
             "identity": identity,
             "targets": per_target,
+            "age_accuracy_gap": age_accuracy_gap(per_target),
             "overall": self._overall(out, main, dist, thresholds, inputs),
             "age_order": self._age_order(out, main, ref, ref_groups, inputs),
             "realism": {**_realism_summary(per_target), **self._pooled_realism(sources, reference, ref, out, main)},
@@ -641,6 +735,31 @@ def sweep_summary(ages: list[float], positions: list[float], estimates: np.ndarr
         "monotonic": _increasing([m for i, m in enumerate(means) if i not in repeated]),
         "same_as_previous": [ages[i] for i in repeated],
     }
+
+
+def age_accuracy_gap(per_target: list[dict]) -> dict | None:
+    """The judge's group accuracy (estimates inside the target's group) on outputs next to real faces of the same
+    groups, over the targets that have real faces, each weighted by its outputs: ``points`` is how much lower the
+    synthetic faces score (the Age-cGAN paper's comparison). None when no target group has real faces."""
+    rows = [t for t in per_target if t["real_group_accuracy"] is not None and t["n_outputs"]]
+    if not rows:
+        return None
+    weights = [t["n_outputs"] for t in rows]
+    synthetic = float(np.average([t["group_accuracy"] for t in rows], weights=weights))
+    real = float(np.average([t["real_group_accuracy"] for t in rows], weights=weights))
+    return {
+        "synthetic": synthetic,
+        "real": real,
+        "points": 100 * (real - synthetic),
+        "targets": [t["label"] for t in rows],
+    }
+
+
+def gap_line(gap: dict) -> str:
+    """The age-accuracy gap in words: "synthetic faces 41.0% vs real 55.2%: 14.2 points lower"."""
+    points = gap["points"]
+    how = "the same" if abs(points) < 0.05 else f"{abs(points):.1f} points {'lower' if points > 0 else 'higher'}"
+    return f"synthetic faces {gap['synthetic']:.1%} vs real {gap['real']:.1%}: {how}"
 
 
 def _increasing(values: list[float]) -> bool:

@@ -12,6 +12,10 @@ bigger than that gets the change upsampled to its size the same way. A grayscale
 R = G = B, give or take ``GRAY_CHROMA``) is aged in luminance and comes back grayscale. Nothing here imports
 the training package.
 
+Each face crop is encoded once (``backend.encode``: for Age-cGAN, E(x) and the latent fitted to the face at its
+source age, the costly step) and rendered at every target from that (``backend.render``); other generators run
+whole per (face, target) pair.
+
 Memory: a photo is decoded once; what is kept per face is its aligned crop and mask, and outputs are made
 one target at a time (:meth:`Ager.stream`), so ageing a 24 MP photo to ten ages holds one full-resolution
 output at a time, not ten.
@@ -171,6 +175,7 @@ class Ager:
         batch_size: int = 16,
         max_pixels: int | None = MAX_PIXELS,
         detect_threshold: float = DETECT_THRESHOLD,
+        source_age: float | None = None,
     ):
         missing = sorted({"scheme", "image_size"} - set(meta))
         if missing:
@@ -190,6 +195,21 @@ class Ager:
         self.scheme = AgeScheme.from_dict(meta["scheme"])
         self.image_size = int(meta["image_size"])
         self.align_preset = _align_preset(meta.get("align"))
+        self.source_age = source_age
+        self.source_position = None if source_age is None else self._source_position(source_age)
+
+    def _source_position(self, age: float) -> float:
+        """The group position of ``source_age``, for a generator that reconstructs the face at its age."""
+        if not getattr(self.backend, "latents", False):
+            raise ValueError(
+                f"source_age={age!r}: model {self.source or self.meta.get('model')} "
+                f"({getattr(self.backend, 'name', 'plain')} backend) "
+                "ages the photo directly, without reconstructing the face at its age first (Age-cGAN with the torch "
+                "backend does); leave source_age out"
+            )
+        if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age <= MAX_TARGET_AGE:
+            raise ValueError(f"bad source_age {age!r}: an age in years from 0 to {MAX_TARGET_AGE}")
+        return self.scheme.position(float(age))
 
     def __repr__(self) -> str:
         return (
@@ -343,6 +363,11 @@ class Ager:
     def generate(self, crops: np.ndarray, positions: Sequence[float]) -> np.ndarray:
         """Aligned crops ``[F,S,S,3]`` uint8 aged to each group position (:meth:`position`; a group index is
         that group): ``[F,T,S,S,3]`` float32 in 0..255."""
+        return self._age_faces(self.encode(crops), self._checked_positions(positions))
+
+    def encode(self, crops: np.ndarray) -> torch.Tensor:
+        """Aligned crops ``[F,S,S,3]`` uint8 as the backend renders them, in batches: for a generator with the latent
+        contract each face's fitted latent (once per face, at ``source_age``), else the crops as tensors."""
         s = self.image_size
         crops = np.asarray(crops)
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (s, s, 3):
@@ -350,6 +375,15 @@ class Ager:
                 f"crops must be uint8 [F, {s}, {s}, 3] aligned faces at the model's resolution, got {crops.dtype} "
                 f"{crops.shape}; age(image, to, aligned=True) resizes a crop of another size"
             )
+        faces = []
+        for i in range(0, len(crops), self.batch_size):
+            x = crops[i : i + self.batch_size].astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+            sources = None if self.source_position is None else np.full(len(x), self.source_position, np.float32)
+            encode = getattr(self.backend, "encode", None)  # ONNX or a plain callable: no per-face step
+            faces.append(torch.from_numpy(x) if encode is None else encode(x, sources))
+        return torch.cat(faces)
+
+    def _checked_positions(self, positions: Sequence[float]) -> np.ndarray:
         targets = np.asarray(positions)
         n = self.scheme.num_groups
         numeric = np.issubdtype(targets.dtype, np.integer) or np.issubdtype(targets.dtype, np.floating)
@@ -360,14 +394,24 @@ class Ager:
                 f"group positions must be 0..{n - 1} ({', '.join(self.labels)}), got {list(positions)}; "
                 "ager.position(70) maps an age to its position"
             )
-        faces = np.repeat(np.arange(len(crops)), len(targets))
-        targets = np.tile(targets.astype(np.float32), len(crops))
-        out = np.empty((len(faces), s, s, 3), dtype=np.float32)
-        for i in range(0, len(faces), self.batch_size):
-            x = crops[faces[i : i + self.batch_size]].astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
-            y = self.backend(x, targets[i : i + self.batch_size])
+        return targets.astype(np.float32)
+
+    def _age_faces(self, faces: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+        """Encoded faces (:meth:`encode`) rendered at each target, ``batch_size`` pairs at a time: [F,T,S,S,3]."""
+        s, n = self.image_size, len(faces)
+        which = np.repeat(np.arange(n), len(targets))
+        targets = np.tile(targets, n)
+        out = np.empty((len(which), s, s, 3), dtype=np.float32)
+        for i in range(0, len(which), self.batch_size):
+            y = self._render_pairs(faces[which[i : i + self.batch_size]], targets[i : i + self.batch_size])
+            assert y.shape[1:] == (3, s, s), f"generator returned {y.shape} for {s} px faces"
             out[i : i + len(y)] = (np.clip(y, -1, 1).transpose(0, 2, 3, 1) + 1) * 127.5
-        return out.reshape(len(crops), len(positions), s, s, 3)
+        return out.reshape(n, -1, s, s, 3)
+
+    def _render_pairs(self, faces: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+        """One batch of (encoded face, target) pairs through the backend: float32 [B,3,S,S] in [-1, 1]."""
+        render = getattr(self.backend, "render", None)
+        return self.backend(faces.numpy(), targets) if render is None else render(faces, targets)
 
     def _prepare(
         self, photo: np.ndarray, mode: str, aligned: bool, largest: bool, faces: list | None = None
@@ -387,10 +431,12 @@ class Ager:
         return _Prepared(photo, np.stack([a.image for a in aligned_faces]), aligned_faces, masks, gray, mode)
 
     def _outputs(self, prepared: _Prepared, positions: list[float]) -> Iterator[Image.Image]:
-        """Each target's output in turn; the generator runs on as many targets at once as fill one batch."""
+        """Each target's output in turn; the faces are encoded once, then rendered at as many targets at once as
+        fill one batch."""
+        faces = self.encode(prepared.crops)
         per_batch = max(1, self.batch_size // len(prepared.crops))
         for start in range(0, len(positions), per_batch):
-            generated = self.generate(prepared.crops, positions[start : start + per_batch])
+            generated = self._age_faces(faces, self._checked_positions(positions[start : start + per_batch]))
             for j in range(generated.shape[1]):
                 yield self._render(prepared, generated[:, j])
 
@@ -467,6 +513,10 @@ def load(
     precision: str = "auto",
     max_pixels: int | None = MAX_PIXELS,
     detect_threshold: float = DETECT_THRESHOLD,
+    source_age: float | None = None,
+    latent_mode: str | None = None,
+    latent_steps: int | None = None,
+    latent_lr: float | None = None,
 ) -> Ager:
     """An :class:`Ager` for the bundled model (``None``), a model name, a folder, a checkpoint or an .onnx file.
 
@@ -476,6 +526,12 @@ def load(
     what was picked. ``max_pixels`` (default :data:`MAX_PIXELS`, None for no limit of faceage's own) refuses
     bigger photos before decoding them; above Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP)
     raise that too. ``detect_threshold`` is the dlib HOG score a detection needs to be aged (default 0.0).
+
+    Age-cGAN (a generator with the latent contract, torch backend) first reconstructs each face at its age, then
+    re-ages it: ``source_age`` is that age in years (default: the model's own, 29), ``latent_mode`` how the latent
+    is fitted to the face ("none": the encoder's E(x) as it is; "pixel"; "identity": dlib's descriptor distance),
+    ``latent_steps`` and ``latent_lr`` the fitting's Adam steps and step size (default: the model's). For other
+    models, or an ONNX file (which holds E(x) decoded, no fitting), giving any of them is an error.
     """
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -495,6 +551,8 @@ def load(
         if precision == "bf16":
             raise ValueError("the onnx backend runs the exported fp32 graph; precision 'bf16' is torch-only")
         meta = read_onnx_meta(onnx_path)
+        knobs = {"latent_mode": latent_mode, "latent_steps": latent_steps, "latent_lr": latent_lr}
+        _no_latent_knobs(onnx_path, source_age=source_age, **knobs)
         return Ager(
             OnnxBackend(onnx_path, device, precision),
             meta,
@@ -507,13 +565,40 @@ def load(
     from faceage.models.pretrained import load_generator
 
     generator, meta = load_generator(path, device)
+    name = f"{path} ({meta.get('model')})"
+    _apply_latent_fitting(generator, name, mode=latent_mode, steps=latent_steps, lr=latent_lr)
     return Ager(
         TorchBackend(generator, precision),
         meta,
         source=str(path),
         max_pixels=max_pixels,
         detect_threshold=detect_threshold,
+        source_age=source_age,
     )
+
+
+def _apply_latent_fitting(generator: torch.nn.Module, name: str, **knobs: str | int | float | None) -> None:
+    """Apply the latent-fitting knobs given (``mode``, ``steps``, ``lr``; None: the model's own) through the
+    generator's ``set_latent_fitting``; ValueError naming the model when it fits no latent."""
+    given = {k: v for k, v in knobs.items() if v is not None}
+    if not given:
+        return
+    if not hasattr(generator, "set_latent_fitting"):
+        raise ValueError(
+            f"model {name} fits no latent per face: latent_{', latent_'.join(given)} apply to Age-cGAN only; "
+            "leave them out"
+        )
+    generator.set_latent_fitting(**given)
+
+
+def _no_latent_knobs(path: Path, **knobs: str | int | float | None) -> None:
+    """Refuse latent-fitting knobs for an ONNX file: it holds one forward graph, with no per-face fitting."""
+    given = [k for k, v in knobs.items() if v is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} given for the ONNX file {path}: it runs one forward graph (for Age-cGAN, E(x) decoded "
+            "with no latent fitting, which stays in Python); use the torch backend (the checkpoint or folder)"
+        )
 
 
 def _device(device: str | torch.device | None) -> torch.device:

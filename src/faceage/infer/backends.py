@@ -3,6 +3,13 @@
 Both take and return NumPy arrays so the rest of inference does not care which one runs:
 ``backend(images float32 [B,3,S,S] in [-1,1], targets float32 [B]) -> float32 [B,3,S,S] in [-1,1]``, where a
 target is a float group position (``AgeScheme.position``: 6.25 is a quarter of the way from group 6 to group 7).
+
+The torch backend also splits ageing one face to several targets in two: ``faces = backend.encode(images,
+sources)`` once per face, then ``backend.render(faces[i], targets)`` per (face, target) pair. For a generator with
+the latent contract (:func:`fits_latents`: Age-cGAN) ``encode`` is its costly per-face step (encode, fit the latent
+to the face at its source age) and ``render`` decodes; for any other generator ``encode`` only converts the images
+and ``render`` runs the whole network. A backend without ``encode`` (ONNX: one exported forward graph) is called
+per pair.
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ def check_batch(images: np.ndarray, targets: np.ndarray) -> None:
         raise TypeError(f"targets must be float group positions (or integer group indices), got dtype {targets.dtype}")
 
 
+def fits_latents(generator: torch.nn.Module) -> bool:
+    """Whether ``generator`` has the optional latent contract (see ``FaceAgingModel.build_generator``):
+    ``encode_faces(x, source_positions) -> latents``, ``render(latents, targets) -> images`` and
+    ``source_position``, the group position an input face is taken to be at when its age is not given."""
+    return all(hasattr(generator, name) for name in ("encode_faces", "render", "source_position"))
+
+
 class TorchBackend:
     """Runs a torch generator eagerly on its device, in fp32 or under bf16 autocast.
 
@@ -44,16 +58,37 @@ class TorchBackend:
         self.device = param.device if param is not None else torch.device("cpu")
         self.precision, self.precision_why = resolve_precision(precision, self.device)
         self.generator = generator.eval().to(memory_format=torch.channels_last)
+        self.latents = fits_latents(generator)
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         check_batch(images, targets)
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(self.device)
+        y = self.render(self.encode(images), targets)
+        assert y.shape == images.shape, f"generator returned {y.shape} for input {images.shape}"
+        return y
+
+    def encode(self, images: np.ndarray, sources: np.ndarray | None = None) -> torch.Tensor:
+        """What :meth:`render` needs of each face, on the device: the latents ``encode_faces`` fits to faces at
+        group positions ``sources`` [B] (None: the generator's ``source_position``), or for a generator without
+        the latent contract the images themselves."""
+        x = self._tensor(images).contiguous(memory_format=torch.channels_last)
+        if not self.latents:
+            return x
+        s = torch.full((len(x),), self.generator.source_position) if sources is None else self._tensor(sources)
         with torch.inference_mode(), autocast(self.precision, self.device):
-            y = self.generator(x, t)
-        assert y.shape == x.shape, f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}"
+            return self.generator.encode_faces(x, s.to(self.device))
+
+    def render(self, faces: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+        """Faces from :meth:`encode` (one per target) at group positions ``targets``: float32 [B,3,S,S]."""
+        t = self._tensor(targets)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            if self.latents:
+                y = self.generator.render(faces, t)
+            else:
+                y = self.generator(faces.contiguous(memory_format=torch.channels_last), t)
         return y.float().cpu().numpy()
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
 
 
 class OnnxBackend:

@@ -5,10 +5,15 @@ The ONNX graph takes ``image`` (float32 [B,3,S,S] in [-1,1]) and ``target`` (flo
 [B,3,S,S]); the batch size is free. The meta dict that ``config.json`` holds
 for a released folder is stored as JSON in the model's ``metadata_props`` under ``faceage.meta``, so the
 one file is enough to age photos with ``faceage age --model OUT.onnx``.
+
+A generator with a per-face latent fitting (``set_latent_fitting``: Age-cGAN) is exported with the fitting off
+(:func:`plain_forward`): the file holds its encoder's latent E(x) decoded by G, and its meta says
+``"latent_mode": "none"``. The fitting (autograd steps per face) stays in Python, with the checkpoint or folder.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -25,13 +30,26 @@ OUTPUT_NAMES = ["aged"]
 DEFAULT_OPSET = 18
 
 
+def plain_forward(generator: torch.nn.Module) -> torch.nn.Module:
+    """``generator`` itself, or for one with a per-face latent fitting a copy with the fitting off (mode "none"):
+    the forward graph an ONNX file can hold."""
+    if not hasattr(generator, "set_latent_fitting"):
+        return generator
+    plain = copy.deepcopy(generator)
+    plain.set_latent_fitting(mode="none")
+    return plain
+
+
 def export_onnx(generator: torch.nn.Module, meta: dict, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Trace ``generator`` (fp32, CPU) to an ONNX file at ``path`` with a dynamic batch and ``meta`` embedded."""
+    """Trace ``generator`` (fp32, CPU; :func:`plain_forward`) to an ONNX file at ``path`` with a dynamic batch and
+    ``meta`` embedded."""
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'faceage[onnx]'") from None
-    generator = generator.float().cpu().eval()
+    if hasattr(generator, "set_latent_fitting"):
+        meta = {**meta, "latent_mode": "none"}
+    generator = plain_forward(generator).float().cpu().eval()
     size = int(meta["image_size"])
     num_groups = len(meta["scheme"]["lower"])
     x = torch.zeros(2, 3, size, size)
@@ -89,5 +107,5 @@ def onnx_max_error(generator: torch.nn.Module, path: str | Path, *, batch: int =
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(batch, 3, size, size)).astype(np.float32)
     t = rng.uniform(0, num_groups - 1, size=batch).astype(np.float32)
-    expected = TorchBackend(generator.float().cpu(), "fp32")(x, t)
+    expected = TorchBackend(plain_forward(generator).float().cpu(), "fp32")(x, t)
     return float(np.abs(OnnxBackend(path)(x, t) - expected).max())

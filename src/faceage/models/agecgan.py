@@ -212,6 +212,14 @@ class AgeCGANGenerator(nn.Module):
         self.latent_mode, self.latent_steps, self.latent_lr = cfg.latent_mode, cfg.latent_steps, cfg.latent_lr
         self.source_position = age_position(cfg.source_age, cfg.group_ages)
 
+    def set_latent_fitting(self, mode: str | None = None, steps: int | None = None, lr: float | None = None) -> None:
+        """Change how :meth:`encode_faces` fits each face's latent (None keeps that knob); a bad value fails here."""
+        mode = self.latent_mode if mode is None else mode
+        steps = self.latent_steps if steps is None else steps
+        lr = self.latent_lr if lr is None else lr
+        _check_latent_knobs(mode, steps, lr)
+        self.latent_mode, self.latent_steps, self.latent_lr = mode, steps, lr
+
     def encode_faces(self, x: torch.Tensor, source_positions: torch.Tensor) -> torch.Tensor:
         """The latents [B, z_dim] of faces ``x`` whose ages are the group positions ``source_positions`` [B]."""
         recogniser = self.recogniser(x.device) if self.latent_mode == "identity" else None
@@ -257,16 +265,6 @@ def descriptor_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def latent_l2(estimate: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distance between latents [B, z_dim], mean over the batch: stage 2's loss for ``E``."""
     return (estimate.float() - z.float()).square().sum(dim=1).mean()
-
-
-def smoothed_discriminator_adversarial(
-    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float
-) -> torch.Tensor:
-    """The logistic discriminator loss with real faces' target at ``real_label`` (one-sided label smoothing).
-
-    Binary cross-entropy towards target ``t`` is ``softplus(-l) + (1 - t) * l``, so this is
-    :func:`faceage.losses.discriminator_adversarial` plus ``(1 - t) * mean(real_logits)``."""
-    return losses.discriminator_adversarial(real_logits, fake_logits) + (1.0 - real_label) * real_logits.float().mean()
 
 
 def optimise_latent(
@@ -396,7 +394,7 @@ class AgeCGAN(FaceAgingModel):
         def discriminator_loss() -> dict[str, torch.Tensor]:
             # two passes: one batch of reals and fakes would share BatchNorm statistics
             real_logit, fake_logit = self.discriminator(x, y), self.discriminator(out["fake"], y)
-            adv = smoothed_discriminator_adversarial(real_logit, fake_logit, self.config.real_label)
+            adv = losses.discriminator_adversarial(real_logit, fake_logit, self.config.real_label)
             return {"loss": adv, "d_adv": adv}
 
         return [

@@ -77,7 +77,21 @@ class FaceAgingModel(nn.Module):
 
         ``target`` is the age as a float group position (``AgeScheme.position``: 6.25 lies a quarter of the way
         from group 6 to group 7); int64 group indices are accepted as the same positions. Condition on it with
-        :func:`faceage.nn.layers.two_hot` or :class:`faceage.nn.layers.AgeEmbedding`."""
+        :func:`faceage.nn.layers.two_hot` or :class:`faceage.nn.layers.AgeEmbedding`.
+
+        Optional latent contract, for a method whose costly step is per face, not per target (Age-cGAN: encode,
+        then fit the latent to the face with autograd). Inference (``faceage.infer``) and eval use it when the
+        generator has all three, calling ``encode_faces`` once per face and ``render`` per (face, target):
+
+        * ``encode_faces(x [B,3,S,S], source_positions [B]) -> latents [B, ...]``: the faces at their own ages
+          (group positions); must work under ``torch.inference_mode``;
+        * ``render(latents, targets [B]) -> [B,3,S,S]``: the faces at the target positions;
+        * ``source_position: float``: the group position an input face is taken to be at when its age is unknown.
+
+        ``forward(x, target)`` must equal ``render(encode_faces(x, source_position), target)``. A method with knobs
+        for its per-face step adds ``set_latent_fitting(mode, steps, lr)`` (None keeps a knob; a bad value raises
+        ValueError), which ``faceage.load`` and ``faceage age`` call; ``mode="none"`` must leave a plain forward
+        graph, which is what ONNX export traces (the fitting stays in Python)."""
         raise NotImplementedError
 
     def networks(self) -> dict[str, nn.Module]:
@@ -135,6 +149,11 @@ class FaceAgingModel(nn.Module):
             outputs.append(generator(images, target).float())
             labels.append(scheme.label(group))
         return torch.stack(outputs, dim=1), labels
+
+
+def other_groups(source: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """A uniformly drawn age group other than each face's own (int64 [B]): the usual training target."""
+    return (source + torch.randint(1, num_groups, source.shape, device=source.device)) % num_groups
 
 
 def config_from_dict(cls: type, data: dict, where: str) -> Any:

@@ -37,7 +37,7 @@ from torch import nn
 from faceage import losses
 from faceage.critics import CriticWeights
 from faceage.groups import AgeScheme
-from faceage.models.base import FaceAgingModel, Phase
+from faceage.models.base import FaceAgingModel, Phase, other_groups
 from faceage.models.registry import register_model
 from faceage.nn.layers import (
     AdaIN,
@@ -288,9 +288,8 @@ class CycleGAN(FaceAgingModel):
         ]
 
     def sample_targets(self, source: torch.Tensor) -> torch.Tensor:
-        """A random group other than the source, for every face."""
-        n = self.config.num_groups
-        return (source + torch.randint(1, n, source.shape, device=source.device)) % n
+        """A uniformly drawn age group other than each face's own (int64 [B])."""
+        return other_groups(source, self.config.num_groups)
 
     @torch.no_grad()
     def sample_grid(

@@ -44,7 +44,7 @@ from torch import nn
 
 from faceage import losses
 from faceage.critics import CriticWeights
-from faceage.models.base import FaceAgingModel, Phase
+from faceage.models.base import FaceAgingModel, Phase, other_groups
 from faceage.models.registry import register_model
 from faceage.nn.layers import (
     AgeEmbedding,
@@ -399,6 +399,6 @@ class RAGAN(FaceAgingModel):
             near = (other - source.float()).abs() < 0.5
             other = torch.where(near, (other + n / 2) % (n - 1), other)
         else:
-            other = ((source + torch.randint(1, n, source.shape, device=source.device)) % n).float()
+            other = other_groups(source, n).float()
         same = torch.rand(source.shape, device=source.device) < self.config.same_group_fraction
         return torch.where(same, source.float(), other)
