@@ -72,11 +72,11 @@ def test_masked_output_is_the_input_exactly_where_the_mask_is_closed_and_the_pai
     assert not torch.allclose(direct(x, target), x, atol=1e-2)
 
 
-def test_mask_terms_are_logged_and_weighted():
-    model = _tiny(output="masked", w_mask=1.0, w_mask_tv=1.0)
+def test_mask_and_chroma_terms_are_logged():
+    model = _tiny(output="masked", w_mask=1.0, w_mask_tv=1.0, w_chroma=1.0)
     batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "group": torch.tensor([0, 1, 2, 4])}
     terms = model.train_step(batch, 1)[0].loss()
-    assert 0 < terms["mask"] < 1 and terms["mask_tv"] >= 0
+    assert 0 < terms["mask"] < 1 and terms["mask_tv"] >= 0 and terms["chroma"] > 0
 
 
 def test_continuous_targets_cover_the_positions_and_keep_away_from_the_source():
@@ -198,3 +198,24 @@ def test_eval_report_says_when_identity_is_judged_by_a_network_the_model_trained
     assert "Not an independent judge" in _dlib_critic_warning({"critics": {"networks": [age, dlib]}})
     assert _dlib_critic_warning({"critics": {"networks": [age]}}) == ""
     assert _dlib_critic_warning({}) == ""
+
+
+def test_chroma_change_counts_painted_colour_not_brightness():
+    from faceage import losses
+
+    x = torch.rand(2, 3, 16, 16) * 1.6 - 0.8
+    assert losses.chroma_change(x + 0.2, x) < 1e-6  # brighter: no chroma change
+    tinted = x.clone()
+    tinted[:, 2] += 0.2  # bluer
+    assert losses.chroma_change(tinted, x) > 0.05
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_age_critic_sees_luminance_only_unless_told_otherwise(faces):
+    face = faces[0]
+    tint = torch.tensor([0.587, -0.299, 0.0])[None, :, None, None] * 0.3  # changes colour, not luminance
+    years = torch.tensor([40.0])
+    luma = Critics(CriticWeights(w_age=1.0), torch.device("cpu"))
+    assert luma.terms(face, face + tint, years)["age"] == pytest.approx(float(luma.terms(face, face, years)["age"]))
+    colour = Critics(CriticWeights(w_age=1.0, age_critic_luma=False), torch.device("cpu"))
+    assert colour.terms(face, face + tint, years)["age"] != pytest.approx(float(colour.terms(face, face, years)["age"]))

@@ -43,6 +43,9 @@ class CriticWeights:
     w_face_id: float = 0.0  # 1 - cosine of dlib descriptors of output and input
     w_gender: float = 0.0  # BCE of the gender probe on the output against its probability on the input
     age_critic: str = "age-estimator"  # an estimator folder under faceage/weights, or a path
+    # The age critic sees the output's luminance only (grey in all three channels): a generator cannot buy age
+    # from it with colour cues (tinted irises, magenta cheeks), the caricature a colour critic invites.
+    age_critic_luma: bool = True
     group_ages: tuple[float, ...] = ()  # filled in from the age scheme: each group's representative age in years
 
     @property
@@ -109,6 +112,8 @@ class Critics:
         if self.age is not None:
             size = self.age_size
             inp = fake if fake.shape[-1] == size else F.interpolate(fake, size=(size, size), mode="bilinear")
+            if cfg.age_critic_luma:
+                inp = losses.luma(inp).expand(-1, 3, -1, -1)
             terms["age"] = losses.age_l1(self.age.expected_age(self.age(inp.float())), target_years)
         if self.dlib is not None:
             with torch.no_grad():

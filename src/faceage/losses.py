@@ -95,3 +95,19 @@ def gender_consistency(fake_logit: torch.Tensor, real_logit: torch.Tensor) -> to
     """Binary cross-entropy of a critic's gender logit on the output against its (detached) probability on
     the input: the output keeps the input's gender as the critic sees it."""
     return F.binary_cross_entropy_with_logits(fake_logit.float(), torch.sigmoid(real_logit.float()).detach())
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luminance [B,1,H,W] of RGB images [B,3,H,W] (any range: the weights sum to 1)."""
+    r, g, b = x.float().unbind(dim=1)
+    return (0.299 * r + 0.587 * g + 0.114 * b)[:, None]
+
+
+def chroma_change(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the BT.601 chroma (Cb, Cr) of two RGB batches: colour painted on a face
+    (blotches, tinted irises) costs, a change of brightness does not."""
+    d = a.float() - b.float()
+    r, g, bl = d.unbind(dim=1)
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * bl
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * bl
+    return (cb.abs() + cr.abs()).mean() / 2

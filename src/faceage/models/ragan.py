@@ -92,6 +92,7 @@ class RAGANConfig(CriticWeights):
     continuous_targets: bool = False  # other targets drawn uniformly over positions [0, num_groups - 1], not groups
     w_mask: float = 0.0
     w_mask_tv: float = 0.0
+    w_chroma: float = 0.0  # L1 of the output's chroma change (Cb, Cr) against the input: no painted colour
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -354,6 +355,9 @@ class RAGAN(FaceAgingModel):
             if "mask" in batch:
                 terms["bg"] = losses.masked_l1(fake, x, 1.0 - batch["mask"])
                 total = total + cfg.w_bg * terms["bg"]
+            if cfg.w_chroma > 0:
+                terms["chroma"] = losses.chroma_change(fake, x)
+                total = total + cfg.w_chroma * terms["chroma"]
             if mask is not None:
                 terms["mask"], terms["mask_tv"] = mask.mean(), losses.total_variation(mask)
                 total = total + cfg.w_mask * terms["mask"] + cfg.w_mask_tv * terms["mask_tv"]
