@@ -188,7 +188,7 @@ def test_sample_grid_shows_attention_colour_and_output_per_group():
     model = _tiny()
     scheme = get_scheme("acgan5")
     x = _batch(2)["image"]
-    grid, labels = model.sample_grid(model.generator, x, torch.tensor([0, 3]), scheme)
+    grid, labels, rows = model.sample_grid(model.generator, x, torch.tensor([0, 3]), scheme)
     assert grid.shape == (2, 1 + 3 * 5, 3, 32, 32)
     assert labels[:4] == ["input", "A 0-20", "C 0-20", "0-20"] and labels[-1] == "51+"
     attention, colour, out = model.generator.masks(x, torch.full((2,), 4.0))

@@ -211,8 +211,9 @@ def test_sample_grids_of_both_stages():
     faces = _faces(6, n=2)
     for stage, columns, first in ((1, 6, "0-18"), (2, 8, "input")):
         model = _tiny(stage=stage).eval()
-        grid, labels = model.sample_grid(model.generator, faces["image"], faces["group"], SCHEME)
+        grid, labels, rows = model.sample_grid(model.generator, faces["image"], faces["group"], SCHEME)
         assert grid.shape == (2, columns, 3, 32, 32) and len(labels) == columns and labels[0] == first
+        assert rows == (["z1", "z2"] if stage == 1 else None)  # random latents are not the validation faces
     assert labels[1] == "E(x)" and torch.equal(grid[:, 0], faces["image"])
     reconstruction = model.generator.render(model.generator.encoder(faces["image"]), faces["group"].float())
     torch.testing.assert_close(grid[:, 1], reconstruction)  # at each face's own group

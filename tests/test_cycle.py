@@ -228,7 +228,7 @@ def test_sample_grid_shows_every_group_then_the_cycle(shared):
     scheme = get_scheme("0,20,40,60,80")
     x = _batch()["image"]
     groups = torch.tensor([0, 2, 3, 4])
-    grid, labels = model.sample_grid(model.generator, x, groups, scheme)
+    grid, labels, rows = model.sample_grid(model.generator, x, groups, scheme)
     assert grid.shape == (4, 1 + 5 + 2, 3, 32, 32)
     assert labels == ["input", *scheme.labels, "far age", "cycled"]
     back = model.generator if shared else model.generator_back

@@ -287,7 +287,7 @@ class AcGAN(FaceAgingModel):
     @torch.no_grad()
     def sample_grid(
         self, generator: nn.Module, images: torch.Tensor, groups: torch.Tensor, scheme: AgeScheme
-    ) -> tuple[torch.Tensor, list[str]]:
+    ) -> tuple[torch.Tensor, list[str], list[str] | None]:
         """The paper's "attention results" figure: each face, then for every age group its attention mask ``A``
         (grey: white keeps the input), its colour mask ``C`` and the output."""
         tiles, labels = [images.float()], ["input"]
@@ -297,4 +297,4 @@ class AcGAN(FaceAgingModel):
             tiles += [attention.float().expand(-1, 3, -1, -1) * 2 - 1, colour.float(), out.float()]
             label = scheme.label(group)
             labels += [f"A {label}", f"C {label}", label]
-        return torch.stack(tiles, dim=1), labels
+        return torch.stack(tiles, dim=1), labels, None

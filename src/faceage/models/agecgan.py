@@ -425,9 +425,9 @@ class AgeCGAN(FaceAgingModel):
     @torch.no_grad()
     def sample_grid(
         self, generator: nn.Module, images: torch.Tensor, groups: torch.Tensor, scheme: AgeScheme
-    ) -> tuple[torch.Tensor, list[str]]:
-        """Stage 1: fixed random latents (rows; the row labels are the unrelated validation faces') at every age
-        group: age apart from identity. Stage 2: each face, ``E``'s reconstruction at its own group and its aging
+    ) -> tuple[torch.Tensor, list[str], list[str] | None]:
+        """Stage 1: fixed random latents (rows, labelled z1, z2, ...) at every age group: age apart from identity.
+        Stage 2: each face, ``E``'s reconstruction at its own group and its aging
         (``z0``, unrefined)."""
         n, device = images.shape[0], images.device
         labels = scheme.labels
@@ -439,4 +439,5 @@ class AgeCGAN(FaceAgingModel):
             columns, labels = [images, generator.render(z, groups.float()).float()], ["input", "E(x)", *labels]
         for group in range(scheme.num_groups):
             columns.append(generator.render(z, torch.full((n,), float(group), device=device)).float())
-        return torch.stack(columns, dim=1), labels
+        rows = [f"z{i + 1}" for i in range(n)] if self.config.stage == 1 else None
+        return torch.stack(columns, dim=1), labels, rows

@@ -136,8 +136,9 @@ class FaceAgingModel(nn.Module):
     @torch.no_grad()
     def sample_grid(
         self, generator: nn.Module, images: torch.Tensor, groups: torch.Tensor, scheme: AgeScheme
-    ) -> tuple[torch.Tensor, list[str]]:
-        """The training run's sample picture: tiles ``[rows, cols, 3, S, S]`` in [-1, 1] and the column labels.
+    ) -> tuple[torch.Tensor, list[str], list[str] | None]:
+        """The training run's sample picture: tiles ``[rows, cols, 3, S, S]`` in [-1, 1], the column labels and the
+        row labels (None: each row is labelled with its validation face's age).
 
         ``images`` are fixed validation faces and ``groups`` their true age groups [rows]. By default each face,
         then ``generator`` (the EMA copy) at every age group. A method overrides this to
@@ -148,7 +149,7 @@ class FaceAgingModel(nn.Module):
             target = torch.full((images.shape[0],), float(group), device=images.device)
             outputs.append(generator(images, target).float())
             labels.append(scheme.label(group))
-        return torch.stack(outputs, dim=1), labels
+        return torch.stack(outputs, dim=1), labels, None
 
 
 def other_groups(source: torch.Tensor, num_groups: int) -> torch.Tensor:

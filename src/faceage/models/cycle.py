@@ -294,17 +294,17 @@ class CycleGAN(FaceAgingModel):
     @torch.no_grad()
     def sample_grid(
         self, generator: nn.Module, images: torch.Tensor, groups: torch.Tensor, scheme: AgeScheme
-    ) -> tuple[torch.Tensor, list[str]]:
+    ) -> tuple[torch.Tensor, list[str], list[str] | None]:
         """Each face, ``generator`` (the EMA forward generator) at every group, then the cycle: ``x1``, the face at
         the group farthest from its source, and ``x2``, ``x1`` turned back to the source.
 
         ``x2`` comes from ``generator`` when ``shared`` and from ``generator_back`` (not averaged: the loop keeps
         an EMA of the forward generator only) otherwise; ``groups`` are the faces' true source groups.
         """
-        grid, labels = super().sample_grid(generator, images, groups, scheme)
+        grid, labels, _ = super().sample_grid(generator, images, groups, scheme)
         n = scheme.num_groups
         far = torch.where(groups < n / 2, n - 1, 0)
         back = generator if self.config.shared else self.generator_back
         x1 = generator(images, far.float()).float()
         x2 = back(x1, groups.float()).float()
-        return torch.cat([grid, torch.stack([x1, x2], dim=1)], dim=1), [*labels, "far age", "cycled"]
+        return torch.cat([grid, torch.stack([x1, x2], dim=1)], dim=1), [*labels, "far age", "cycled"], None

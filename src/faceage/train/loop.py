@@ -242,8 +242,10 @@ class Trainer:
         faces = pick_faces(FaceDataset(self.cache, split, self.scheme), self.cfg.train.sample_rows)
         images = faces["image"].to(self.dist.device)
         with self.autocast:
-            grid, labels = self.model.sample_grid(self.ema, images, faces["group"].to(self.dist.device), self.scheme)
-        rows = [f"{age:.0f}" for age in faces["age"].tolist()]
+            grid, labels, rows = self.model.sample_grid(
+                self.ema, images, faces["group"].to(self.dist.device), self.scheme
+            )
+        rows = rows or [f"{age:.0f}" for age in faces["age"].tolist()]
         return torch.from_numpy(grid_image(grid, labels, rows).copy())
 
     def state(self) -> dict:
