@@ -245,3 +245,8 @@ def test_from_cache_errors(synth_cache32, tmp_path, capsys):
     assert "not a finished faceage cache" in capsys.readouterr().err
     assert main(["prepare", "--out", str(tmp_path / "o")]) == 2
     assert "give --dataset and --root" in capsys.readouterr().err
+    assert (
+        main(["prepare", "--from-cache", str(synth_cache32), "--size", "16", "--out", str(tmp_path / "o"), "--align"])
+        == 2
+    )
+    assert "keeps the source cache's alignment and split" in capsys.readouterr().err

@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if args.from_cache is not None:
         if args.dataset or args.root:
             raise CLIError("give --from-cache CACHE or --dataset and --root, not both")
+        if args.align or args.seed != 0 or args.split != "0.8,0.1,0.1":
+            raise CLIError(
+                "--from-cache keeps the source cache's alignment and split: leave out --align, --seed, --split"
+            )
         return _resample(args)
     if not args.dataset or not args.root:
         raise CLIError("give --dataset and --root (a dataset to prepare), or --from-cache CACHE (a cache to resample)")
