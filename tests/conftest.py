@@ -108,6 +108,14 @@ def synth_cache32(synthetic_utk_dir, tmp_path_factory) -> Path:
     return out
 
 
+def tiny_train(scheme: str, steps: int, **changes) -> dict:
+    """The ``train`` section of a tiny run on ``synth_cache32``: batch 4, no workers, logging, samples and a
+    checkpoint at the last step."""
+    section = {"scheme": scheme, "image_size": 32, "batch_size": 4, "steps": steps, "num_workers": 0}
+    section |= {"log_every": 1, "sample_every": steps, "checkpoint_every": steps, "sample_rows": 2}
+    return section | changes
+
+
 # A RAGAN small enough to run in milliseconds on a CPU; random weights, 32 px, the 5-group acgan5 scheme.
 TINY_RAGAN_CONFIG = {
     "image_size": 32,

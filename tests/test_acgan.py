@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_train
 from PIL import Image
 from torch import nn
 
@@ -233,19 +234,7 @@ def test_generator_exports_to_onnx_and_matches_torch(tmp_path):
 
 
 def test_a_short_training_run_gives_finite_losses_and_an_attention_grid(synth_cache32, tmp_path):
-    train_section = {
-        "scheme": "acgan5",
-        "image_size": 32,
-        "batch_size": 4,
-        "steps": 4,
-        "lr": 1e-4,
-        "betas": [0.5, 0.999],
-        "num_workers": 0,
-        "log_every": 1,
-        "sample_every": 4,
-        "checkpoint_every": 4,
-        "sample_rows": 2,
-    }
+    train_section = tiny_train("acgan5", 4, lr=1e-4, betas=[0.5, 0.999])
     model = {k: v for k, v in TINY.items() if k not in ("image_size", "num_groups")}
     out = tmp_path / "run"
     assert train(from_dict({"model": {"name": "acgan", **model}, "train": train_section}), synth_cache32, out) == 4

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_train
 
 from faceage import losses
 from faceage.groups import get_scheme
@@ -39,17 +40,7 @@ TINY = {
     "e_hidden": 16,
     "latent_steps": 5,
 }
-TRAIN = {
-    "scheme": "agecgan6",
-    "image_size": 32,
-    "batch_size": 4,
-    "steps": 2,
-    "num_workers": 0,
-    "log_every": 1,
-    "sample_every": 2,
-    "checkpoint_every": 2,
-    "sample_rows": 2,
-}
+TRAIN = tiny_train("agecgan6", 2)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_train
 from PIL import Image
 
 from faceage.groups import get_scheme
@@ -239,17 +240,7 @@ def test_sample_grid_shows_every_group_then_the_cycle(shared):
 
 
 def test_a_short_training_run_with_14_groups(synth_cache32, tmp_path):
-    train_section = {
-        "scheme": "utk14",
-        "image_size": 32,
-        "batch_size": 4,
-        "steps": 2,
-        "num_workers": 0,
-        "log_every": 1,
-        "sample_every": 2,
-        "checkpoint_every": 2,
-        "sample_rows": 2,
-    }
+    train_section = tiny_train("utk14", 2)
     model_section = {k: v for k, v in TINY.items() if k not in ("image_size", "num_groups")}
     cfg = from_dict({"model": {"name": "cycle", **model_section}, "train": train_section})
     out = tmp_path / "run"

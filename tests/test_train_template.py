@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_train
 
 import faceage.models.template  # noqa: F401  (registers "template")
 from faceage.models.pretrained import load_generator
@@ -11,17 +12,7 @@ from faceage.train.checkpoint import load_checkpoint
 from faceage.train.config import from_dict
 from faceage.train.loop import checkpoint_path, train
 
-TRAIN = {
-    "scheme": "0,20,40,60",
-    "image_size": 32,
-    "batch_size": 4,
-    "steps": 3,
-    "num_workers": 0,
-    "log_every": 1,
-    "sample_every": 3,
-    "checkpoint_every": 3,
-    "sample_rows": 2,
-}
+TRAIN = tiny_train("0,20,40,60", 3)
 
 
 @pytest.mark.usefixtures("one_thread")

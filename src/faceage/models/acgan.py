@@ -55,7 +55,7 @@ from torch import nn
 from faceage import losses
 from faceage.critics import CriticWeights
 from faceage.groups import AgeScheme
-from faceage.models.base import FaceAgingModel, Phase, other_groups
+from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
 from faceage.nn.layers import two_hot
 
@@ -279,10 +279,6 @@ class AcGAN(FaceAgingModel):
         if (step + 1) % cfg.n_critic == 0:
             phases.append(Phase("G", "generator", ("generator",), generator_loss))
         return phases
-
-    def sample_targets(self, source: torch.Tensor) -> torch.Tensor:
-        """A uniformly drawn age group other than each face's own (int64 [B])."""
-        return other_groups(source, self.config.num_groups)
 
     @torch.no_grad()
     def sample_grid(

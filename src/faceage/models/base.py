@@ -111,6 +111,10 @@ class FaceAgingModel(nn.Module):
         """The phases of training step ``step`` on ``batch`` (a dict of tensors already on the device)."""
         raise NotImplementedError
 
+    def sample_targets(self, source: torch.Tensor) -> torch.Tensor:
+        """Training targets for faces of groups ``source`` [B]: by default a uniformly drawn other group (int64)."""
+        return other_groups(source, self.config.num_groups)
+
     def critic_terms(self, x: torch.Tensor, fake: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The frozen critics' terms for ``fake`` made from ``x`` at float target positions ``target``, and under
         ``"critics"`` their weighted sum to add to the generator's loss; ``{}`` when the config (a

@@ -37,7 +37,7 @@ from torch import nn
 from faceage import losses
 from faceage.critics import CriticWeights
 from faceage.groups import AgeScheme
-from faceage.models.base import FaceAgingModel, Phase, other_groups
+from faceage.models.base import FaceAgingModel, Phase
 from faceage.models.registry import register_model
 from faceage.nn.layers import (
     AdaIN,
@@ -286,10 +286,6 @@ class CycleGAN(FaceAgingModel):
             Phase("G", "generator", self.generator_names, generator_loss),
             Phase("D", "discriminator", ("discriminator",), discriminator_loss),
         ]
-
-    def sample_targets(self, source: torch.Tensor) -> torch.Tensor:
-        """A uniformly drawn age group other than each face's own (int64 [B])."""
-        return other_groups(source, self.config.num_groups)
 
     @torch.no_grad()
     def sample_grid(
