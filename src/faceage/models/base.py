@@ -120,22 +120,23 @@ class FaceAgingModel(nn.Module):
         ``"critics"`` their weighted sum to add to the generator's loss; ``{}`` when the config (a
         :class:`faceage.critics.CriticWeights`) sets no critic weight. The critics load on first use, on ``x``'s
         device, and stay outside the module tree: never trained, never checkpointed."""
-        cfg = self.config
-        if not isinstance(cfg, CriticWeights) or not cfg.any_critic:
-            return {}
-        if getattr(self, "_critics", None) is None:
-            object.__setattr__(self, "_critics", Critics(cfg, x.device))
-        return self._critics.terms(x, fake, cfg.target_years(target))
+        critics = self._frozen_critics(x.device)
+        return {} if critics is None else critics.terms(x, fake, self.config.target_years(target))
 
     def critic_records(self) -> list[dict]:
         """``[{"name", "weights_sha256"}]`` of the frozen networks this model trains against (see
         ``faceage.critics``); saved with checkpoints and exports so that none of them judges it."""
+        critics = self._frozen_critics(torch.device("cpu"))
+        return [] if critics is None else critics.records()
+
+    def _frozen_critics(self, device: torch.device) -> Critics | None:
+        """The critics the config's weights ask for (None: none), loaded on ``device`` at the first call."""
         cfg = self.config
         if not isinstance(cfg, CriticWeights) or not cfg.any_critic:
-            return []
+            return None
         if getattr(self, "_critics", None) is None:
-            object.__setattr__(self, "_critics", Critics(cfg, torch.device("cpu")))
-        return self._critics.records()
+            object.__setattr__(self, "_critics", Critics(cfg, device))  # not a submodule: never trained or saved
+        return self._critics
 
     @torch.no_grad()
     def sample_grid(
