@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,23 +228,21 @@ class Ager:
         An age in years interpolates between the groups around it (``37`` is 6.25 in ``ffhq10``: a quarter of the
         way from 30-39 to 40-49); a group label (``"30-39"``) is exactly that group.
         """
-        self._check_type(to)
-        try:
-            position = self.scheme.parse_position(to)
-        except ValueError as e:
-            raise ValueError(f"bad target age {to!r}: {e}") from None
-        self._check_age(to)
-        return position
+        return self._parse(to, self.scheme.parse_position)
 
     def group(self, to: Target) -> int:
         """The group index an age in years (``70``) falls in, or that of a group label (``"30-39"``)."""
+        return self._parse(to, self.scheme.parse)
+
+    def _parse(self, to: Target, parse: Callable[[Target], float]) -> float:
+        """``parse(to)`` after checking the target's type and age; a bad target is a ValueError naming it."""
         self._check_type(to)
         try:
-            group = self.scheme.parse(to)
+            value = parse(to)
         except ValueError as e:
             raise ValueError(f"bad target age {to!r}: {e}") from None
         self._check_age(to)
-        return group
+        return value
 
     def label(self, to: Target) -> str:
         """How an output is named: an age by its years (``"37"``), a group by its label (``"30-39"``)."""
