@@ -212,6 +212,80 @@ def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_
     assert sweep["spearman"] == pytest.approx(0.0, abs=1e-12)
     # acgan5: 0-20 stands for 10 years, 21-30 for 25.5, so 0-10 years are group 0 and 15 is 5/15.5 of the way on.
     assert sweep["positions"][:4] == [0.0, 0.0, 0.0, pytest.approx(5 / 15.5, abs=1e-4)]
+    # The per-(source group, target) identity table: every cell verified, reconstructions left out.
+    groups = {t["label"]: t["group"] for t in m["targets"]}
+    assert sum(c["n"] for c in m["pairs"]) == 6 * 4 and all(c["verified"] == 1.0 for c in m["pairs"])
+    assert all(c["source_group"] != c["target"] for c in m["pairs"]) and {c["target"] for c in m["pairs"]} <= set(
+        groups
+    )
+    assert m["background"] is None  # this cache has no face masks
+
+
+@pytest.fixture()
+def background_shifter():
+    """A registered generator (``eval-test-background``) that adds 16 levels outside the central 16x16 square of a
+    32 px face and leaves that square alone."""
+    from torch import nn
+
+    from faceage.models.registry import register_model
+
+    class Shift(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            outside = torch.ones_like(x)
+            outside[..., 8:24, 8:24] = 0
+            return x + outside * 16 / 127.5
+
+    @register_model("eval-test-background")
+    class ShiftModel:
+        @staticmethod
+        def build_generator(model_config: dict) -> nn.Module:
+            return Shift()
+
+    return Shift
+
+
+class _MaskedCache:
+    """A cache whose faces all have the central 16x16 square of 32 px as their face mask."""
+
+    def __init__(self, cache) -> None:
+        self.cache = cache
+        self.masks = np.zeros((len(cache), 32, 32), np.uint8)
+        self.masks[:, 8:24, 8:24] = 255
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+
+def test_eval_measures_the_change_outside_the_face_mask(
+    tiny_cache, tiny_estimator, background_shifter, tmp_path, monkeypatch
+):
+    import faceage.data.cache
+    from faceage.eval.evaluate import evaluate
+    from faceage.eval.runner import EvalConfig
+    from faceage.groups import get_scheme
+    from faceage.models.pretrained import save_pretrained
+
+    meta = {"model": "eval-test-background", "model_config": {}, "scheme": get_scheme("acgan5").to_dict()}
+    model = save_pretrained(tmp_path / "shift", background_shifter(), {**meta, "image_size": 32})
+    monkeypatch.setattr(faceage.data.cache, "open_cache", lambda path: _MaskedCache(tiny_cache))
+    cfg = EvalConfig(batch_size=16, far=0.01, bf16=False, gray_faces=0, detail_side=0, sweep_faces=0)
+    out = tmp_path / "report"
+    m = evaluate(model, tiny_cache.path, cfg, estimator=tiny_estimator[0], out=out).metrics
+    images = np.asarray(tiny_cache.images[np.asarray(tiny_cache.indices("test"))]).astype(int)
+    outside = np.ones((32, 32), bool)
+    outside[8:24, 8:24] = False
+    room = np.minimum(255 - images, 16)[:, outside].mean()  # +16 levels, clipped at white
+    bg = m["background"]
+    assert bg["mean"] == pytest.approx(room, abs=0.05) and bg["mean"] > 8
+    assert set(bg["per_target"]) == {t["label"] for t in m["targets"]}
+    assert "## Background" in (out / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -523,3 +597,30 @@ def test_age_accuracy_gap_is_phrased_for_any_model():
     assert gap["targets"] == ["0-20", "51+"] and gap["points"] == pytest.approx(20.0)
     assert gap_line(gap) == "synthetic faces 50.0% vs real 70.0%: 20.0 points lower"
     assert age_accuracy_gap(targets[2:]) is None
+
+
+def test_eval_of_an_acgan_draws_its_attention_and_colour_masks(tiny_cache, tiny_estimator, tmp_path):
+    """A generator with ``masks`` (AcGAN) gets the attention figure: A as grey, C, and an output that is their
+    composition with the input; the report links attention.png."""
+    from faceage.eval.evaluate import evaluate
+    from faceage.eval.runner import EvalConfig
+    from faceage.groups import get_scheme
+    from faceage.models.acgan import ACGANConfig, ACGANGenerator
+    from faceage.models.pretrained import save_pretrained
+
+    torch.manual_seed(0)
+    config = {"image_size": 32, "num_groups": 5, "channels": 4, "res_blocks": 1}
+    meta = {"model": "acgan", "model_config": config, "scheme": get_scheme("acgan5").to_dict(), "image_size": 32}
+    model = save_pretrained(tmp_path / "acgan", ACGANGenerator(ACGANConfig(**config)), meta)
+    cfg = EvalConfig(n=6, batch_size=6, far=0.01, bf16=False, gray_faces=0, detail_side=0, sweep_faces=0, grid_faces=3)
+    out = tmp_path / "report"
+    result = evaluate(model, tiny_cache.path, cfg, estimator=tiny_estimator[0], out=out)
+    att = result.attention
+    assert att.shape == (3, 5, 3, 32, 32, 3) and att.dtype == np.uint8
+    a = att[:, :, 0].astype(np.float32) / 255
+    assert np.array_equal(att[:, :, 0, ..., 0], att[:, :, 0, ..., 2]) and 0.05 < a.mean() < 0.95  # grey, neither end
+    x, c = result.grid[:, None, 0].astype(np.float32), att[:, :, 1].astype(np.float32)
+    assert np.abs((1 - a) * c + a * x - att[:, :, 2]).max() <= 3  # out = (1 - A) C + A x, up to uint8 rounding
+    assert np.array_equal(att[:, :, 2], result.grid[:, 1:])  # the figure's outputs are the report's samples
+    assert (out / "attention.png").read_bytes().startswith(PNG_MAGIC)
+    assert "![attention](attention.png)" in (out / "report.md").read_text()

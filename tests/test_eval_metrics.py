@@ -181,3 +181,15 @@ def test_weighted_frechet_distance_reweights_a_mixture():
     only_b = np.r_[np.zeros(400), np.ones(300)]
     assert M.weighted_frechet_distance(mix, b, only_b) == pytest.approx(0.0, abs=1e-9)
     assert M.weighted_frechet_distance(mix, b) > 0.2
+
+
+def test_background_change_counts_only_pixels_outside_the_mask():
+    src = np.full((2, 8, 8, 3), 100, np.uint8)
+    out = src.copy()
+    out[0, :4] = 110  # top half of image 0 moves by 10 levels
+    out[1, 4:] = 200  # bottom half of image 1 moves by 100 levels, all inside its mask
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[:, 4:] = 255  # the face is the bottom half
+    assert M.background_change(src, out, masks) == pytest.approx([10.0, 0.0])
+    with pytest.raises(ValueError, match="masks"):
+        M.background_change(src, out, masks[:, :4])

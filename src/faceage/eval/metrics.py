@@ -320,3 +320,18 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def background_change(sources: np.ndarray, outputs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Mean absolute change outside the face, in 0-255 levels, per image: uint8 [N,H,W,3] sources and outputs,
+    0-255 face masks [N,H,W] (a pixel with mask < 128 is background). NaN for an image with no background pixel."""
+    if sources.shape != outputs.shape or masks.shape != sources.shape[:3]:
+        raise ValueError(
+            f"background_change needs sources and outputs [N,H,W,3] and masks [N,H,W] alike, got "
+            f"{sources.shape}, {outputs.shape} and {masks.shape}"
+        )
+    background = (masks < 128)[..., None]
+    diff = np.abs(outputs.astype(np.float32) - sources.astype(np.float32)) * background
+    pixels = background.sum(axis=(1, 2, 3)) * sources.shape[3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return diff.sum(axis=(1, 2, 3)) / pixels

@@ -19,7 +19,7 @@ NO_CRITICS_RECORDED = (
     "none recorded (the model's config has no `critics` list; faceage's training loop uses no frozen age or gender "
     "network: age is learnt from the model's own discriminator's classifier only)"
 )
-PLOTS = ("age_distribution.png", "age_sweep.png", "identity_distance.png", "samples.png")
+PLOTS = ("age_distribution.png", "age_sweep.png", "identity_distance.png", "samples.png", "attention.png")
 
 
 def write_evaluation(result: EvalResult, out: str | Path) -> list[Path]:
@@ -33,7 +33,12 @@ def write_evaluation(result: EvalResult, out: str | Path) -> list[Path]:
     atomic_write_bytes(out / "identity_distance.png", plot_identity(result))
     if result.grid is not None:
         atomic_write_bytes(out / "samples.png", plot_grid(result))
-    atomic_write_text(out / "report.md", render_markdown(result.metrics, has_grid=result.grid is not None))
+    if result.attention is not None:
+        atomic_write_bytes(out / "attention.png", plot_attention(result))
+    markdown = render_markdown(
+        result.metrics, has_grid=result.grid is not None, has_attention=result.attention is not None
+    )
+    atomic_write_text(out / "report.md", markdown)
     return [out / name for name in ("metrics.json", "report.md", *PLOTS) if (out / name).exists()]
 
 
@@ -131,9 +136,21 @@ def plot_identity(result: EvalResult) -> bytes:
 
 def plot_grid(result: EvalResult) -> bytes:
     """Sample grid: one row per source face, its input then one column per target group."""
+    return _image_grid(result.grid, ["input"] + [t["label"] for t in result.metrics["targets"]])
+
+
+def plot_attention(result: EvalResult) -> bytes:
+    """The attention figure: one row per grid face, its input then A, C and the output for every target."""
+    att = result.attention
+    faces, targets = att.shape[:2]
+    tiles = np.concatenate([result.grid[:, :1], att.reshape(faces, targets * 3, *att.shape[3:])], axis=1)
+    labels = ["input"] + [f"{k} {t['label']}" for t in result.metrics["targets"] for k in ("A", "C", "out")]
+    return _image_grid(tiles, labels)
+
+
+def _image_grid(grid: np.ndarray, labels: list[str]) -> bytes:
+    """uint8 tiles [rows, cols, S, S, 3] as one figure, ``labels`` over the columns."""
     plt = _figure()
-    grid = result.grid
-    labels = ["input"] + [t["label"] for t in result.metrics["targets"]]
     rows, cols = grid.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.3), squeeze=False)
     for r in range(rows):
@@ -157,7 +174,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def render_markdown(m: dict, has_grid: bool = True) -> str:
+def render_markdown(m: dict, has_grid: bool = True, has_attention: bool = False) -> str:
     """``report.md``: setup, the per-group tables (age, identity, realism), reconstruction and caveats."""
     data, over = m["data"], m["overall"]
     head = [
@@ -183,6 +200,14 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         plots[3:3] = ["", "![age sweep](age_sweep.png)"]
     if has_grid:
         plots += ["", "![samples](samples.png)"]
+    if has_attention:
+        plots += [
+            "",
+            "Attention: for each face (rows) and target, the attention mask A (white keeps the input), the colour "
+            "mask C and the output (1 − A)·C + A·x.",
+            "",
+            "![attention](attention.png)",
+        ]
     timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in m["timing"].items())
     sections = [
         head,
@@ -191,7 +216,9 @@ def render_markdown(m: dict, has_grid: bool = True) -> str:
         _sweep_section(m),
         _gender_section(m),
         _identity_section(m),
+        _pairs_section(m),
         _colour_section(m),
+        _background_section(m),
         _photo_section(m),
         _realism_section(m),
         _reconstruction_section(m),
@@ -211,12 +238,13 @@ def _age_section(m: dict) -> list[str]:
             _f(r["group_accuracy"], ".1%"),
             str(r["n_real"]),
             _f(r["real_est_age_mean"], ".1f"),
+            _f(None if r["real_est_age_mean"] is None else r["est_age_mean"] - r["real_est_age_mean"], "+.1f"),
             _f(r["real_group_accuracy"], ".1%"),
         ]
         for r in m["targets"]
     ]
     header = ["target", "position (group)", "outputs", "est. age (mean ± std)", "group acc.", "real faces"]
-    header += ["real est. age", "real acc."]
+    header += ["real est. age", "difference", "real acc."]
     return [
         "## Age",
         "",
@@ -313,6 +341,47 @@ def _identity_section(m: dict) -> list[str]:
         "",
         f"Embeddings: {m['judges']['embedding']}.{_check_line(m)} Face detection: {m['judges']['detector']}."
         f"{_dlib_critic_warning(m)}",
+    ]
+
+
+def _pairs_section(m: dict) -> list[str]:
+    """Verification at dlib's 0.6 per (source group, target): rows are source groups, columns targets."""
+    cells = m.get("pairs") or []
+    if not cells:
+        return []
+    sources = list(dict.fromkeys(c["source_group"] for c in cells))
+    targets = [t["label"] for t in m["targets"]]
+    at = {(c["source_group"], c["target"]): c for c in cells}
+
+    def cell(s: str, t: str) -> str:
+        c = at.get((s, t))
+        return "—" if c is None else f"{c['verified']:.1%} ({c['n']})"
+
+    worst = min(cells, key=lambda c: c["verified"])
+    return [
+        "## Identity per (source group, target)",
+        "",
+        "Share of outputs verified as their input's person (dlib distance < 0.6), by the source face's labelled "
+        "group (rows) and the target (columns), outputs in brackets; a target in the source's own group is a "
+        f"reconstruction and left out (—). Lowest cell: {worst['verified']:.1%}, {worst['source_group']} → "
+        f"{worst['target']}.",
+        "",
+        _table(["source group", *targets], [[s, *(cell(s, t) for t in targets)] for s in sources]),
+    ]
+
+
+def _background_section(m: dict) -> list[str]:
+    bg = m.get("background")
+    if not bg:
+        return []
+    rows = [[label, f"{v:.2f}"] for label, v in bg["per_target"].items()]
+    return [
+        "## Background",
+        "",
+        f"Mean absolute change {bg['region']}, in 0–255 levels per output: **{bg['mean']:.2f}** over all targets "
+        f"(95th percentile {bg['p95']:.2f}); an unchanged input scores 0, and the saved uint8 output rounds.",
+        "",
+        _table(["target", "mean change (levels)"], rows),
     ]
 
 

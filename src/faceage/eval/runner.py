@@ -110,6 +110,9 @@ class EvalResult:
     output_distances: np.ndarray  # identity distance input -> output, reconstructions left out
     impostor_distances: np.ndarray  # different-person pairs of real faces
     sweep: np.ndarray | None = None  # [faces, sweep ages] estimated ages of the age sweep's outputs
+    # [faces, targets, 3, S, S, 3]: attention A (grey), colour C and output per grid face and target, for a
+    # generator with attention masks (``masks(x, target) -> (A, C, output)``: AcGAN); else None
+    attention: np.ndarray | None = None
 
 
 @dataclass
@@ -126,6 +129,7 @@ class _Collected:
     emb: list[np.ndarray] = field(default_factory=list)
     detected: list[np.ndarray] = field(default_factory=list)
     l1: list[np.ndarray] = field(default_factory=list)
+    background: list[np.ndarray] = field(default_factory=list)  # mean change outside the face mask, in 0-255 levels
     fid: list[np.ndarray] = field(default_factory=list)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -279,6 +283,8 @@ class Evaluator:
         col.emb.append(emb)
         col.detected.append(found)
         col.l1.append(np.abs(out.astype(np.float32) - imgs.astype(np.float32)).mean(axis=(1, 2, 3)) / 255.0)
+        if self.cache.masks is not None:
+            col.background.append(M.background_change(imgs, out, np.asarray(self.cache.masks[rows])))
         if self.judges.fid is not None:
             col.fid.append(self._fid_features(out))
         if p in self.positions:
@@ -327,6 +333,7 @@ class Evaluator:
             self.timing["latent_reconstruction_s"] = time.perf_counter() - t4
         self.timing["total_s"] = time.perf_counter() - t0
         metrics["timing"] = {k: round(v, 2) for k, v in self.timing.items()}
+        attention = self.attention_maps(sources[np.array(list(grid), dtype=int)]) if grid else None
         ages = {t.position: out["age"][out["target"] == t.position] for t in self.targets}
         real_ages = {t.position: ref["age"][self.groups[reference] == t.group] for t in self.targets}
         return EvalResult(
@@ -337,7 +344,26 @@ class Evaluator:
             dists["output"],
             dists["impostor"],
             sweep,
+            attention,
         )
+
+    @torch.no_grad()
+    def attention_maps(self, rows: np.ndarray) -> np.ndarray | None:
+        """The AcGAN paper's attention figure for cache rows ``rows``: per target, the attention mask ``A`` (white:
+        the input kept), the colour mask ``C`` and the output, uint8 [faces, targets, 3, S, S, 3]; None for a
+        generator without ``masks``."""
+        if not hasattr(self.G, "masks") or self.latents:
+            return None
+        x = self._encode(np.asarray(self.cache.images[rows]), rows)
+        tiles = []
+        for p in self.positions:
+            target = torch.full((len(x),), p, dtype=torch.float32, device=self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                attention, colour, out = self.G.masks(x, target)
+            tiles.append(
+                [_to_uint8(attention.float().expand(-1, 3, -1, -1) * 2 - 1), _to_uint8(colour), _to_uint8(out)]
+            )
+        return np.stack([np.stack(t, axis=1) for t in tiles], axis=1)
 
     @torch.no_grad()
     def sweep(self, sources: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -474,6 +500,8 @@ class Evaluator:
             "realism": {**_realism_summary(per_target), **self._pooled_realism(sources, reference, ref, out, main)},
             "colour": self._colour_summary(out, main, ref),
             "reconstruction": self._reconstruction(out, recon, dist, thresholds),
+            "pairs": self._pairs(out, main & ~recon, dist, sources),
+            "background": self._background(out, main),
         }
         t.update(2)
         t.close()
@@ -667,6 +695,40 @@ class Evaluator:
             m[f"verification_{name}"] = M.verification_rate(dist[rows], thr)
         m["detected"] = float(out["detected"][rows].mean())
         return m
+
+    def _pairs(self, out: dict, rows: np.ndarray, dist: np.ndarray, sources: np.ndarray) -> list[dict]:
+        """Verification (dlib distance < 0.6) per (source group, target) pair, the AcGAN paper's identity table: one
+        entry per pair that has outputs, the reconstructions (target in the source's own group) left out."""
+        src_groups = self.groups[sources][out["source"]]
+        cells = []
+        for g in np.unique(src_groups[rows]):
+            for t in self.targets:
+                mine = rows & (src_groups == g) & (out["target"] == t.position)
+                if mine.any():
+                    cells.append(
+                        {
+                            "source_group": self.scheme.label(int(g)),
+                            "target": t.label,
+                            "n": int(mine.sum()),
+                            "verified": M.verification_rate(dist[mine], M.DLIB_SAME_PERSON_THRESHOLD),
+                            "distance": float(dist[mine].mean()),
+                        }
+                    )
+        return cells
+
+    def _background(self, out: dict, main: np.ndarray) -> dict | None:
+        """How far outputs moved outside the cache's face masks (mean absolute change in 0-255 levels per output),
+        overall and per target; None when the cache has no masks. An unchanged input scores 0."""
+        if "background" not in out:
+            return None
+        bg = out["background"]
+        per_target = {t.label: float(bg[out["target"] == t.position].mean()) for t in self.targets}
+        return {
+            "mean": float(bg[main].mean()),
+            "p95": float(np.percentile(bg[main], 95)),
+            "per_target": per_target,
+            "region": "outside the cache's face masks (mask value < 128)",
+        }
 
     def _reconstruction(self, out, rows, dist, thresholds) -> dict:
         m = {"n": int(rows.sum()), "l1": float(out["l1"][rows].mean())}
