@@ -185,6 +185,34 @@ def test_background_drift_is_logged_when_batches_carry_face_masks():
     assert "bg_diff" not in model.train_step(_batch(), step=1)[1].loss()
 
 
+def test_background_term_pulls_attention_up_only_outside_the_face_mask():
+    """``w_bg``: the mean of 1 - A over the pixels outside the face mask, added to the generator's loss; its
+    gradient reaches the attention logits of the background only."""
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1.0  # the face: the central square
+    batch = {**_batch(), "mask": mask}
+    plain, with_bg = _tiny(), _tiny(w_bg=5.0)
+    for model in (plain, with_bg):
+        _force_attention(model, 1.0)  # A = sigmoid(1) everywhere
+
+    def loss(model: AcGAN) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)  # the same targets for both models
+        return model.train_step(batch, step=1)[1].loss()
+
+    terms = loss(with_bg)
+    expected = 1 - torch.sigmoid(torch.tensor(1.0)).item()
+    assert terms["mask_bg"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(loss(plain)["loss"].item() + 5.0 * expected, rel=1e-4)
+    assert "mask_bg" not in plain.train_step(batch, step=1)[1].loss()
+
+    logits = torch.zeros(4, 1, 32, 32, requires_grad=True)
+    from faceage import losses
+
+    a = torch.sigmoid(logits)
+    losses.masked_l1(a, torch.ones_like(a), 1 - mask).backward()
+    assert torch.all(logits.grad[..., 8:24, 8:24] == 0) and torch.all(logits.grad[..., :8, :] < 0)
+
+
 def test_sample_grid_shows_attention_colour_and_output_per_group():
     model = _tiny()
     scheme = get_scheme("acgan5")
