@@ -98,3 +98,50 @@ def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_o
         dlib_embeddings([old[i] for i in found], aligned=False),
     )
     assert (distance < 0.6).sum() >= 0.8 * len(old)  # measured 22 of 24 (one output has no face for dlib)
+
+
+def test_bundled_acgan_ships_small_and_ages_the_bundled_photo_inside_the_face_only(tmp_path):
+    """`--model acgan`: the AcGAN trained on UTKFace (see MODEL_CARD.md), through the photo pipeline."""
+    assert resolve_model("acgan") == paths.BUNDLED_WEIGHTS_DIR / "acgan"
+    meta = json.loads((paths.BUNDLED_WEIGHTS_DIR / "acgan" / "config.json").read_text())
+    assert meta["model"] == "acgan" and meta["image_size"] == 128 and meta["scheme"]["name"] == "acgan5"
+    assert meta["align"]["preset"] == "utkface" and meta["model_config"]["w_bg"] > 0
+    argv = ["age", str(paths.EXAMPLE_PHOTO), "--model", "acgan", "--to", "10", "--to", "60", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    photo = np.asarray(Image.open(paths.EXAMPLE_PHOTO).convert("RGB")).astype(np.int16)
+    young, old = (np.asarray(Image.open(tmp_path / f"astronaut_to{a}.png")).astype(np.int16) for a in (10, 60))
+    for aged in (young, old):
+        changed = np.abs(aged - photo).max(axis=2) > 0
+        rows, cols = np.nonzero(changed)
+        assert rows.min() > 40 and rows.max() < 220 and cols.min() > 130 and cols.max() < 320  # the face only
+    face = np.abs(old - young).max(axis=2) > 0
+    assert np.abs(old - young)[face].mean() > 3  # 10 and 60 give different faces
+
+
+def test_bundled_acgan_ages_real_faces_in_order_keeping_identity(held_out_faces, estimated_ages):
+    import faceage
+    from faceage.face.identity import dlib_embeddings, embedding_distance, face_chip
+    from faceage.infer import NoFaceError
+
+    ager = faceage.load("acgan", device="cpu")
+    inputs, young, old = [], [], []
+    for age, chip in zip(*held_out_faces, strict=True):
+        if not 20 <= age <= 50 or len(inputs) == 24:
+            continue
+        try:
+            y, o = ager.transform(chip, ["0-20", "51+"], largest=True).images
+        except NoFaceError:
+            continue
+        inputs.append(chip)
+        young.append(np.asarray(y))
+        old.append(np.asarray(o))
+    assert len(inputs) >= 15
+    before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
+    assert younger < before - 6 and older > before + 10  # measured: 25.5 years -> 14.3 (to 0-20), 41.9 (to 51+)
+    outputs = young + old
+    found = [i for i, image in enumerate(outputs) if face_chip(image) is not None]  # no face: not verified
+    distance = embedding_distance(
+        dlib_embeddings([(inputs + inputs)[i] for i in found], aligned=False),
+        dlib_embeddings([outputs[i] for i in found], aligned=False),
+    )
+    assert (distance < 0.6).sum() >= 0.8 * len(outputs)  # measured 44 of 48

@@ -194,13 +194,13 @@ def test_methods_list_the_bundled_model_first_then_installed_ones(tmp_path, monk
     shutil.copytree(tiny_ragan_dir, tmp_path / "models" / "tiny")
     monkeypatch.setenv("FACEAGE_HOME", str(tmp_path))
     methods = Methods()
-    assert methods.labels == [BUNDLED, "tiny"] and methods.default == BUNDLED
+    assert methods.labels == [BUNDLED, "acgan", "tiny"] and methods.default == BUNDLED  # bundled ones first
     assert methods.get("tiny").image_size == 32
     assert methods.get("tiny") is methods.get("tiny")  # loaded once
     assert Methods("tiny").default == "tiny"
-    assert Methods(str(tiny_ragan_dir)).labels == [BUNDLED, "tiny", str(tiny_ragan_dir)]  # same weights, a path
-    assert Methods(str(tmp_path / "models" / "tiny")).labels == [BUNDLED, "tiny"]  # the same folder: no new entry
-    with pytest.raises(WebError, match="unknown method 'nope'; known: default \\(bundled\\), tiny"):
+    assert Methods(str(tiny_ragan_dir)).labels == [BUNDLED, "acgan", "tiny", str(tiny_ragan_dir)]  # a path
+    assert Methods(str(tmp_path / "models" / "tiny")).labels == [BUNDLED, "acgan", "tiny"]  # same folder: no new one
+    with pytest.raises(WebError, match="unknown method 'nope'; known: default \\(bundled\\), acgan, tiny"):
         methods.get("nope")
 
 
