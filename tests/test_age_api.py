@@ -23,7 +23,9 @@ from faceage.precision import resolve_precision
 
 @pytest.fixture(scope="module")
 def ager(tiny_ragan_dir):
-    return faceage.load(tiny_ragan_dir, device="cpu")
+    """fp32, so that outputs compare exactly: with bf16 autocast on AMX CPUs (what ``auto`` picks there) the
+    kernels depend on the batch size, and a batch of two may round a pixel one level off a batch of one."""
+    return faceage.load(tiny_ragan_dir, device="cpu", precision="fp32")
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -65,7 +67,7 @@ def test_aligned_crop_is_the_generator_output_at_the_input_size(ager):
     out = ager.age(crop, 45, aligned=True)
     assert ager.position(45) == pytest.approx(2.95)  # acgan5: 31-40 stands for 35.5, 41-50 for 45.5
     x = crop.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1
-    y = TorchBackend(ager.backend.generator)(x, np.array([2.95], np.float32))[0].transpose(1, 2, 0)
+    y = TorchBackend(ager.backend.generator, "fp32")(x, np.array([2.95], np.float32))[0].transpose(1, 2, 0)
     expected = np.clip(np.rint((y + 1) * 127.5), 0, 255).astype(np.int16)
     # The same network on the same pixels; float sums in another order (thread count, batch) may round a value
     # that sits on a .5 boundary the other way, so a handful of pixels may differ by one level.

@@ -39,7 +39,7 @@ def test_safetensors_folder_holds_the_ema_generator(exported):
 def test_onnx_carries_meta_and_matches_torch(exported):
     tmp, meta, _ = exported
     assert read_onnx_meta(tmp / "g.onnx") == meta
-    torch_backend = TorchBackend(load_pretrained(tmp / "rel")[0])
+    torch_backend = TorchBackend(load_pretrained(tmp / "rel")[0], "fp32")
     onnx_backend = OnnxBackend(tmp / "g.onnx")
     rng = np.random.default_rng(0)
     for batch in (1, 5):  # the batch dimension is dynamic
@@ -55,7 +55,7 @@ def test_onnx_takes_fractional_positions_like_torch(exported):
     tmp, _, _ = exported
     (target_input,) = [i for i in ort.InferenceSession(str(tmp / "g.onnx")).get_inputs() if i.name == "target"]
     assert target_input.type == "tensor(float)"
-    torch_backend = TorchBackend(load_pretrained(tmp / "rel")[0])
+    torch_backend = TorchBackend(load_pretrained(tmp / "rel")[0], "fp32")
     onnx_backend = OnnxBackend(tmp / "g.onnx")
     x = np.repeat(np.random.default_rng(2).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32), 3, axis=0)
     t = np.array([2.0, 2.15, 3.0], np.float32)  # 31-40, 37 years in acgan5, 41-50
@@ -64,7 +64,9 @@ def test_onnx_takes_fractional_positions_like_torch(exported):
     assert np.abs(ours[1] - ours[0]).max() > 1e-2 and np.abs(ours[1] - ours[2]).max() > 1e-2
     crop = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     by_onnx = np.asarray(faceage.load(tmp / "g.onnx").age(crop, 37, aligned=True)).astype(int)
-    by_torch = np.asarray(faceage.load(tmp / "rel", device="cpu").age(crop, 37, aligned=True)).astype(int)
+    by_torch = np.asarray(faceage.load(tmp / "rel", device="cpu", precision="fp32").age(crop, 37, aligned=True)).astype(
+        int
+    )
     assert np.abs(by_onnx - by_torch).max() <= 1
 
 
@@ -88,7 +90,9 @@ def test_an_onnx_file_with_int64_targets_still_ages_to_whole_groups(tmp_path):
 def test_age_with_the_onnx_backend(exported, capsys):
     tmp, _, _ = exported
     crop = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    expected = np.asarray(faceage.load(tmp / "rel", device="cpu").age(crop, 40, aligned=True)).astype(int)
+    expected = np.asarray(faceage.load(tmp / "rel", device="cpu", precision="fp32").age(crop, 40, aligned=True)).astype(
+        int
+    )
     assert faceage.load(tmp / "g.onnx").backend.name == "onnx"
     from PIL import Image
 
