@@ -71,33 +71,45 @@ def test_bundled_age_estimator_judges_held_out_faces(held_out_faces, estimated_a
     assert np.abs(estimated_ages(images) - ages).mean() < 8  # its test MAE is 5.6 years
 
 
-def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_out_faces, estimated_ages):
+def _age_adults(model: str | None, held_out_faces, targets: list[str]):
+    """Up to 24 held-out faces aged 20-50 in which the photo path finds a face, aged to the two ``targets``:
+    (inputs, young outputs, old outputs)."""
     import faceage
-    from faceage.face.identity import dlib_embeddings, embedding_distance, face_chip
     from faceage.infer import NoFaceError
 
-    ager = faceage.load(device="cpu")
+    ager = faceage.load(model, device="cpu")
     inputs, young, old = [], [], []
     for age, chip in zip(*held_out_faces, strict=True):
         if not 20 <= age <= 50 or len(inputs) == 24:
             continue
         try:
-            y, o = ager.transform(chip, ["5", "70"], largest=True).images
+            y, o = ager.transform(chip, targets, largest=True).images
         except NoFaceError:
             continue
         inputs.append(chip)
         young.append(np.asarray(y))
         old.append(np.asarray(o))
     assert len(inputs) >= 15
-    before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
-    assert younger < before - 10 and older > before + 20  # measured: 25.5 years -> 9.9 (to 5), 53.5 (to 70)
-    # An output in which dlib finds no face counts as not verified.
-    found = [i for i, image in enumerate(old) if face_chip(image) is not None]
+    return inputs, young, old
+
+
+def _verified(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> int:
+    """How many outputs dlib verifies as their input's person (< 0.6); an output with no face for dlib is not."""
+    from faceage.face.identity import dlib_embeddings, embedding_distance, face_chip
+
+    found = [i for i, image in enumerate(outputs) if face_chip(image) is not None]
     distance = embedding_distance(
         dlib_embeddings([inputs[i] for i in found], aligned=False),
-        dlib_embeddings([old[i] for i in found], aligned=False),
+        dlib_embeddings([outputs[i] for i in found], aligned=False),
     )
-    assert (distance < 0.6).sum() >= 0.8 * len(old)  # measured 22 of 24 (one output has no face for dlib)
+    return int((distance < 0.6).sum())
+
+
+def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_out_faces, estimated_ages):
+    inputs, young, old = _age_adults(None, held_out_faces, ["5", "70"])
+    before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
+    assert younger < before - 10 and older > before + 20  # measured: 25.5 years -> 9.9 (to 5), 53.5 (to 70)
+    assert _verified(inputs, old) >= 0.8 * len(old)  # measured 22 of 24 (one output has no face for dlib)
 
 
 def test_bundled_acgan_ships_small_and_ages_the_bundled_photo_inside_the_face_only(tmp_path):
@@ -119,29 +131,7 @@ def test_bundled_acgan_ships_small_and_ages_the_bundled_photo_inside_the_face_on
 
 
 def test_bundled_acgan_ages_real_faces_in_order_keeping_identity(held_out_faces, estimated_ages):
-    import faceage
-    from faceage.face.identity import dlib_embeddings, embedding_distance, face_chip
-    from faceage.infer import NoFaceError
-
-    ager = faceage.load("acgan", device="cpu")
-    inputs, young, old = [], [], []
-    for age, chip in zip(*held_out_faces, strict=True):
-        if not 20 <= age <= 50 or len(inputs) == 24:
-            continue
-        try:
-            y, o = ager.transform(chip, ["0-20", "51+"], largest=True).images
-        except NoFaceError:
-            continue
-        inputs.append(chip)
-        young.append(np.asarray(y))
-        old.append(np.asarray(o))
-    assert len(inputs) >= 15
+    inputs, young, old = _age_adults("acgan", held_out_faces, ["0-20", "51+"])
     before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
     assert younger < before - 6 and older > before + 10  # measured: 25.5 years -> 14.3 (to 0-20), 41.9 (to 51+)
-    outputs = young + old
-    found = [i for i, image in enumerate(outputs) if face_chip(image) is not None]  # no face: not verified
-    distance = embedding_distance(
-        dlib_embeddings([(inputs + inputs)[i] for i in found], aligned=False),
-        dlib_embeddings([outputs[i] for i in found], aligned=False),
-    )
-    assert (distance < 0.6).sum() >= 0.8 * len(outputs)  # measured 44 of 48
+    assert _verified(inputs + inputs, young + old) >= 0.8 * 2 * len(inputs)  # measured 44 of 48
