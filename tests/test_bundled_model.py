@@ -1,4 +1,5 @@
-"""The bundled default model: what ships, `faceage demo` on the bundled photo, and ageing real test faces."""
+"""The bundled models (the default RAGAN and AcGAN): what ships, ageing the bundled photo, and ageing real test
+faces."""
 
 from __future__ import annotations
 
