@@ -164,29 +164,31 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _register_identity_model():
-    """A registered 'generator' that returns its input (model name ``eval-test-identity``): every eval metric
-    then has a known value. Returns its network class, for tests that save one."""
+def register_test_generator(name: str, forward):
+    """Register model ``name`` whose generator computes ``forward(x, target)`` and holds one unused parameter,
+    so that it saves and loads like a trained one; returns the generator's class."""
     import torch
     from torch import nn
 
     from faceage.models.registry import register_model
 
-    class Identity(nn.Module):
+    class Generator(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.unused = nn.Parameter(torch.zeros(1))
 
         def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return x
+            return forward(x, target)
 
-    @register_model("eval-test-identity")
-    class IdentityModel:
+    @register_model(name)
+    class Model:
         @staticmethod
         def build_generator(model_config: dict) -> nn.Module:
-            return Identity()
+            return Generator()
 
-    return Identity
+    return Generator
 
 
-IdentityGenerator = _register_identity_model()
+# A registered 'generator' that returns its input (model name ``eval-test-identity``): every eval metric then has
+# a known value.
+IdentityGenerator = register_test_generator("eval-test-identity", lambda x, target: x)

@@ -15,7 +15,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ASTRONAUT_BOX, HOPPER_BOX, IdentityGenerator, photo_chip, write_synthetic_faces
+from conftest import (
+    ASTRONAUT_BOX,
+    HOPPER_BOX,
+    IdentityGenerator,
+    photo_chip,
+    register_test_generator,
+    write_synthetic_faces,
+)
 
 from faceage.eval.train_estimator import EstimatorTrainConfig, augment, to_input, train_age_estimator
 from faceage.nn.age_estimator import (
@@ -225,27 +232,13 @@ def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_
 def background_shifter():
     """A registered generator (``eval-test-background``) that adds 16 levels outside the central 16x16 square of a
     32 px face and leaves that square alone."""
-    from torch import nn
 
-    from faceage.models.registry import register_model
+    def shift(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        outside = torch.ones_like(x)
+        outside[..., 8:24, 8:24] = 0
+        return x + outside * 16 / 127.5
 
-    class Shift(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.unused = nn.Parameter(torch.zeros(1))
-
-        def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            outside = torch.ones_like(x)
-            outside[..., 8:24, 8:24] = 0
-            return x + outside * 16 / 127.5
-
-    @register_model("eval-test-background")
-    class ShiftModel:
-        @staticmethod
-        def build_generator(model_config: dict) -> nn.Module:
-            return Shift()
-
-    return Shift
+    return register_test_generator("eval-test-background", shift)
 
 
 class _MaskedCache:

@@ -25,7 +25,7 @@ background within a few levels of the input (watch ``bg_diff``, logged when batc
 The background term ``w_bg`` (not in the paper; off by default, on in the preset). On UTKFace at 128 px the
 weight-100 age classifier is satisfied more cheaply by a faint global blend than by local edits: after 5,300
 steps with the paper's terms, A sat at ~0.95 almost everywhere, the corners outside the face changed by ~10
-levels (of 255) on test faces, and raising ``w_mask`` from 2 to 40 did not move it in 850 further steps.
+levels (of 255) on test faces, and raising ``w_mask`` to 10 (1,466 steps), then 40 (1,079 steps) did not move it.
 ``w_bg`` adds the mean of ``1 - A`` outside the face mask that aligned caches carry (``losses.masked_l1`` of A
 against 1), so it is still the attention mask that keeps the background, now told where the background is.
 
