@@ -226,6 +226,8 @@ def test_eval_of_an_identity_generator_gives_the_known_answers(tiny_cache, tiny_
         groups
     )
     assert m["background"] is None  # this cache has no face masks
+    trip = m["round_trip"]  # to the farthest group and back: still the input
+    assert trip["n"] == 6 and trip["l1"] == 0.0 and trip["far_verified"] == trip["back_verified"] == 1.0
 
 
 @pytest.fixture()
@@ -278,7 +280,11 @@ def test_eval_measures_the_change_outside_the_face_mask(
     bg = m["background"]
     assert bg["mean"] == pytest.approx(room, abs=0.05) and bg["mean"] > 8
     assert set(bg["per_target"]) == {t["label"] for t in m["targets"]}
-    assert "## Background" in (out / "report.md").read_text()
+    # The round trip shifts twice: +32 levels outside the square, clipped at white, over every pixel of the face.
+    twice = (np.minimum(255 - images, 32) * outside[None, :, :, None]).mean() / 255
+    assert m["round_trip"]["n"] == len(images) and m["round_trip"]["l1"] == pytest.approx(twice, abs=2e-4)
+    report = (out / "report.md").read_text()
+    assert "## Background" in report and "## Round trip (the farthest group and back)" in report
 
 
 @pytest.fixture(scope="module")
@@ -562,6 +568,7 @@ def test_eval_of_a_tiny_agecgan_fits_each_face_once_and_reports_the_latent_table
     assert m["overall"]["n_outputs"] == 8 and m["age_sweep"]["n_faces"] == 2
     labelled = sorted(scheme.position(float(a)) for a in tiny_cache.ages[tiny_cache.indices("test")])
     assert all(min(abs(p - q) for q in labelled) < 1e-5 for p in encoded[0].tolist())  # at their labelled ages
+    assert m["round_trip"] is None  # a latent-fitting model: its latent table instead
     lat = m["latent_reconstruction"]
     assert lat["n_faces"] == 3 and list(lat["modes"]) == ["none", "pixel", "identity"]
     for column in lat["modes"].values():

@@ -36,6 +36,20 @@ def test_safetensors_folder_holds_the_ema_generator(exported):
     assert {k: loaded_meta[k] for k in meta} == meta
 
 
+def test_half_stores_float16_at_half_the_size_and_loads_as_float32(exported):
+    from safetensors.torch import load_file
+
+    tmp, _, ema = exported
+    assert main(["export", "--model", str(tmp / "run.pt"), "--safetensors", str(tmp / "half"), "--half"]) == 0
+    stored = load_file(str(tmp / "half" / "model.safetensors"))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    full, half = (tmp / name / "model.safetensors" for name in ("rel", "half"))
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    generator, _ = load_pretrained(tmp / "half")
+    for k, v in generator.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, ema[k].half().float()), k
+
+
 def test_onnx_carries_meta_and_matches_torch(exported):
     tmp, meta, _ = exported
     assert read_onnx_meta(tmp / "g.onnx") == meta
@@ -107,6 +121,8 @@ def test_export_errors(exported, capsys):
     tmp, _, _ = exported
     assert main(["export", "--model", str(tmp / "run.pt")]) == 2
     assert "--onnx" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp / "run.pt"), "--onnx", str(tmp / "h.onnx"), "--half"]) == 2
+    assert "--half applies to --safetensors DIR" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp / "run.pt"), "--onnx", str(tmp / "g.bin")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="faceage export --model"):

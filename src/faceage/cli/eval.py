@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "whether the means rise strictly. The judge may not be a network the model trained against (its "
             "config's `critics`, or --critic). Age-cGAN: each face's latent is fitted once, at its labelled age, and "
             "decoded at every target; --recon-faces of them also give the paper's latent reconstruction table. "
+            "Other models: --round-trip-faces of the faces aged to the group farthest from theirs and back. "
             "Writes report.md, metrics.json and PNG plots to --out."
         ),
     )
@@ -83,6 +84,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Age-cGAN only: faces (a seeded subset of those aged) for the paper's latent reconstruction table, "
         "dlib verification of each face against its reconstruction and its aged outputs for z0 = E(x), z*pixel "
         "and z*IP; 0 skips it (default 100; identity fitting costs ~1.5 s a face on a CPU)",
+    )
+    p.add_argument(
+        "--round-trip-faces",
+        type=int,
+        default=200,
+        metavar="N",
+        help="faces (a seeded subset of those aged) aged to the group farthest from their own and back to it by the "
+        "same generator: L1 and dlib verification of the return against the input; 0 skips it (default 200)",
     )
     p.add_argument(
         "--judge",
@@ -147,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--n must be at least 2, got {args.n}")
     if args.sweep_faces < 0:
         raise CLIError(f"--sweep-faces must be 0 (no sweep) or more, got {args.sweep_faces}")
+    if args.round_trip_faces < 0:
+        raise CLIError(f"--round-trip-faces must be 0 (no round trip) or more, got {args.round_trip_faces}")
     if args.recon_faces < 0:
         raise CLIError(f"--recon-faces must be 0 (no latent reconstruction table) or more, got {args.recon_faces}")
     try:
@@ -168,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             sweep_faces=args.sweep_faces,
             sweep_ages=args.sweep_ages,
             recon_faces=args.recon_faces,
+            round_trip_faces=args.round_trip_faces,
         )
         result = evaluate(
             model,

@@ -1,7 +1,8 @@
 """``faceage export``: turn a checkpoint or released folder into an ONNX file and/or a released folder.
 
 ``--onnx OUT.onnx`` writes one self-contained ONNX file (meta inside) and checks it against eager torch;
-``--safetensors DIR`` writes ``model.safetensors`` + ``config.json`` (a training checkpoint's EMA generator).
+``--safetensors DIR`` writes ``model.safetensors`` + ``config.json`` (a training checkpoint's EMA generator);
+``--half`` stores its weights as float16, half the size (a bundled model that must fit the package).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name, exported folder or checkpoint .pt (default: bundled model)")
     p.add_argument("--onnx", type=Path, metavar="OUT.onnx", help="write an ONNX file (meta stored inside)")
     p.add_argument("--safetensors", type=Path, metavar="DIR", help="write a released folder (safetensors + config)")
+    p.add_argument("--half", action="store_true", help="--safetensors: store the weights as float16 (half the size)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.set_defaults(func=run)
 
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("nothing to do: give --onnx OUT.onnx and/or --safetensors DIR")
     if args.onnx is not None and (args.onnx.suffix != ".onnx" or args.onnx.is_dir()):
         raise CLIError(f"--onnx {args.onnx}: the file name must end in .onnx (and not be a folder)")
+    if args.half and args.safetensors is None:
+        raise CLIError("--half applies to --safetensors DIR; give one")
     if args.safetensors is not None and args.safetensors.exists() and not args.safetensors.is_dir():
         raise CLIError(f"--safetensors {args.safetensors} is a file; give a folder (it is created if missing)")
     from faceage.infer.resolve import ModelNotFoundError, resolve_model
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
     written: dict[str, str | float] = {"model": str(path)}
     if args.safetensors is not None:
-        save_pretrained(args.safetensors, generator, meta)
+        save_pretrained(args.safetensors, generator, meta, half=args.half)
         written["safetensors"] = str(args.safetensors)
         print(f"faceage export: wrote {args.safetensors}", file=sys.stderr)
     if args.onnx is not None:

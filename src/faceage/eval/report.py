@@ -222,6 +222,7 @@ def render_markdown(m: dict, has_grid: bool = True, has_attention: bool = False)
         _photo_section(m),
         _realism_section(m),
         _reconstruction_section(m),
+        _round_trip_section(m),
         _latent_section(m),
         plots,
     ]
@@ -483,6 +484,21 @@ def _reconstruction_section(m: dict) -> list[str]:
         f"{rec['n']} outputs: L1 {rec['l1']:.4f} (pixels in [0, 1]); descriptor distance "
         f"{rec['id_distance_mean']:.3f} ± {rec['id_distance_std']:.3f}; Age-cGAN-style verification "
         f"{rec['verification_0.6']:.1%} at 0.6, {rec['verification_far']:.1%} at the FAR threshold.",
+    ]
+
+
+def _round_trip_section(m: dict) -> list[str]:
+    trip = m.get("round_trip")
+    if not trip:
+        return []
+    return [
+        "## Round trip (the farthest group and back)",
+        "",
+        f"{trip['n']} faces aged to the group farthest from their own, then back to their own group by the same "
+        f"generator: L1 of the return to the input {trip['l1']:.4f} (pixels in [0, 1]); dlib verification (< 0.6) "
+        f"against the input {trip['far_verified']:.1%} for the far output (mean distance {trip['far_distance']:.3f}) "
+        f"and {trip['back_verified']:.1%} for the return ({trip['back_distance']:.3f}). An unchanged input scores "
+        "L1 0 and 100%.",
     ]
 
 

@@ -25,14 +25,19 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def save_pretrained(folder: str | Path, generator: torch.nn.Module, meta: dict) -> Path:
-    """Write ``generator``'s weights and ``meta`` (must name ``model`` and ``model_config``) to ``folder``."""
+def save_pretrained(folder: str | Path, generator: torch.nn.Module, meta: dict, *, half: bool = False) -> Path:
+    """Write ``generator``'s weights and ``meta`` (must name ``model`` and ``model_config``) to ``folder``.
+
+    ``half`` stores floating-point tensors as float16, half the bytes; loading copies them into the float32
+    generator, so only the weights' rounding (a relative 5e-4) changes, not the arithmetic."""
     missing = {"model", "model_config", "scheme", "image_size"} - set(meta)
     if missing:
         raise ValueError(f"pretrained meta is missing {sorted(missing)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
     atomic_write_text(folder / CONFIG_NAME, json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
     return folder

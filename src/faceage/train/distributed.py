@@ -40,8 +40,14 @@ def setup() -> Dist:
     return Dist(rank, world, dev)
 
 
-def teardown() -> None:
+def teardown(*, together: bool = True) -> None:
+    """Leave the process group. ``together`` (a run that ended normally) first waits for every process, so none
+    closes its connections while another is still saving or in a collective: a process that tore gloo down
+    early was seen to abort (``terminate called without an active exception``). After an error, a barrier
+    could wait for a process that will never come, so the group is left at once."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

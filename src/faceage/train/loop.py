@@ -412,6 +412,9 @@ def train(cfg: RunConfig, data: str | Path, out: str | Path, *, resume: bool = F
     """Run training, continuing from ``out``'s last checkpoint when ``resume``; returns the step reached."""
     trainer = Trainer(cfg, data, out, resume=resume)
     try:
-        return trainer.run()
-    finally:
-        ddp.teardown()
+        step = trainer.run()
+    except BaseException:
+        ddp.teardown(together=False)
+        raise
+    ddp.teardown()
+    return step
