@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from faceage import paths
@@ -136,3 +137,34 @@ def test_bundled_acgan_ages_real_faces_in_order_keeping_identity(held_out_faces,
     before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
     assert younger < before - 6 and older > before + 10  # measured: 25.5 years -> 14.3 (to 0-20), 41.9 (to 51+)
     assert _verified(inputs + inputs, young + old) >= 0.8 * 2 * len(inputs)  # measured 44 of 48
+
+
+def test_bundled_cycle_ships_in_float16_and_ages_the_bundled_photo_inside_the_face_only(tmp_path):
+    """`--model cycle`: the cycle age-modulator GAN trained on UTKFace (see MODEL_CARD.md), its forward generator
+    stored as float16 to fit the package, through the photo pipeline."""
+    from safetensors.torch import load_file
+
+    folder = paths.BUNDLED_WEIGHTS_DIR / "cycle"
+    assert resolve_model("cycle") == folder
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["model"] == "cycle" and meta["image_size"] == 128 and meta["scheme"]["name"] == "utk14"
+    assert meta["align"]["preset"] == "utkface" and meta["model_config"]["w_rec"] > 0
+    stored = load_file(str(folder / "model.safetensors"))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    argv = ["age", str(paths.EXAMPLE_PHOTO), "--model", "cycle", "--to", "8", "--to", "65", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    photo = np.asarray(Image.open(paths.EXAMPLE_PHOTO).convert("RGB")).astype(np.int16)
+    young, old = (np.asarray(Image.open(tmp_path / f"astronaut_to{a}.png")).astype(np.int16) for a in (8, 65))
+    for aged in (young, old):
+        changed = np.abs(aged - photo).max(axis=2) > 0
+        rows, cols = np.nonzero(changed)
+        assert rows.min() > 40 and rows.max() < 220 and cols.min() > 130 and cols.max() < 320  # the face only
+    face = np.abs(old - young).max(axis=2) > 0
+    assert np.abs(old - young)[face].mean() > 3  # 8 and 65 give different faces
+
+
+def test_bundled_cycle_ages_real_faces_in_order_keeping_identity(held_out_faces, estimated_ages):
+    inputs, young, old = _age_adults("cycle", held_out_faces, ["6-10", "61-70"])
+    before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
+    assert younger < before - 5 and older > before + 10  # measured: 25.5 years -> 18.1 (to 6-10), 38.1 (to 61-70)
+    assert _verified(inputs + inputs, young + old) >= 0.8 * 2 * len(inputs)  # measured 48 of 48

@@ -278,7 +278,7 @@ def test_the_preset_trains_14_groups_and_its_generator_fits_the_bundle():
     assert cfg.train.lr == 0.002 and cfg.train.betas == (0.5, 0.999)
     assert cfg.model_config.w_rec > 0  # without it the 128 px run collapsed (the module docstring)
     generator = CycleGAN.build_generator(asdict(cfg.model_config))
-    assert generator.code_shape == (128, 8, 8)
+    assert generator.code_shape == (128, 16, 16)
     assert 2 * sum(p.numel() for p in generator.parameters()) <= 3.4e6  # float16 (--half): fits the bundle
 
 

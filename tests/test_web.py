@@ -277,13 +277,13 @@ def test_progression_strip_and_compare_view(page):
 
     assert read_provenance(data)["faceage:target_age"] == "5, 30, 80"
 
-    page.get_by_role("tab", name="Compare methods").click()  # three methods are installed: the tab is there
+    page.get_by_role("tab", name="Compare methods").click()  # four methods are installed: the tab is there
     page.locator("#run-compare").click()
-    _message(page, "by 3 methods")
+    _message(page, "by 4 methods")
     captions = page.locator("#compare figcaption").all_inner_texts()
     assert captions[0] == "original" and captions[1].startswith("default (bundled): ")
-    assert captions[2].startswith("acgan: ") and captions[3].startswith("tiny: ")  # bundled ones first
-    assert page.locator("#compare img").count() == 4
+    assert captions[2].startswith("acgan: ") and captions[3].startswith("cycle: ")  # bundled ones first
+    assert captions[4].startswith("tiny: ") and page.locator("#compare img").count() == 5
 
 
 def test_no_face_and_unsupported_files_get_a_message(page, tmp_path):

@@ -194,13 +194,14 @@ def test_methods_list_the_bundled_model_first_then_installed_ones(tmp_path, monk
     shutil.copytree(tiny_ragan_dir, tmp_path / "models" / "tiny")
     monkeypatch.setenv("FACEAGE_HOME", str(tmp_path))
     methods = Methods()
-    assert methods.labels == [BUNDLED, "acgan", "tiny"] and methods.default == BUNDLED  # bundled ones first
+    assert methods.labels == [BUNDLED, "acgan", "cycle", "tiny"] and methods.default == BUNDLED  # bundled ones first
     assert methods.get("tiny").image_size == 32
     assert methods.get("tiny") is methods.get("tiny")  # loaded once
     assert Methods("tiny").default == "tiny"
-    assert Methods(str(tiny_ragan_dir)).labels == [BUNDLED, "acgan", "tiny", str(tiny_ragan_dir)]  # a path
-    assert Methods(str(tmp_path / "models" / "tiny")).labels == [BUNDLED, "acgan", "tiny"]  # same folder: no new one
-    with pytest.raises(WebError, match="unknown method 'nope'; known: default \\(bundled\\), acgan, tiny"):
+    assert Methods(str(tiny_ragan_dir)).labels == [BUNDLED, "acgan", "cycle", "tiny", str(tiny_ragan_dir)]  # a path
+    same_folder = Methods(str(tmp_path / "models" / "tiny"))
+    assert same_folder.labels == [BUNDLED, "acgan", "cycle", "tiny"]  # no new entry
+    with pytest.raises(WebError, match="unknown method 'nope'; known: default \\(bundled\\), acgan, cycle, tiny"):
         methods.get("nope")
 
 
