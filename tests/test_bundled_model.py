@@ -114,22 +114,29 @@ def test_bundled_model_ages_real_faces_older_and_younger_keeping_identity(held_o
     assert _verified(inputs, old) >= 0.8 * len(old)  # measured 22 of 24 (one output has no face for dlib)
 
 
+def _ages_the_photo_inside_the_face_only(model: str, young_age: int, old_age: int, tmp_path) -> None:
+    """`faceage age` on the bundled photo with ``model`` changes only the face box, and the two ages differ."""
+    argv = ["age", str(paths.EXAMPLE_PHOTO), "--model", model, "--to", str(young_age), "--to", str(old_age)]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    photo = np.asarray(Image.open(paths.EXAMPLE_PHOTO).convert("RGB")).astype(np.int16)
+    young, old = (
+        np.asarray(Image.open(tmp_path / f"astronaut_to{a}.png")).astype(np.int16) for a in (young_age, old_age)
+    )
+    for aged in (young, old):
+        changed = np.abs(aged - photo).max(axis=2) > 0
+        rows, cols = np.nonzero(changed)
+        assert rows.min() > 40 and rows.max() < 220 and cols.min() > 130 and cols.max() < 320  # the face only
+    face = np.abs(old - young).max(axis=2) > 0
+    assert np.abs(old - young)[face].mean() > 3  # different faces
+
+
 def test_bundled_acgan_ships_small_and_ages_the_bundled_photo_inside_the_face_only(tmp_path):
     """`--model acgan`: the AcGAN trained on UTKFace (see MODEL_CARD.md), through the photo pipeline."""
     assert resolve_model("acgan") == paths.BUNDLED_WEIGHTS_DIR / "acgan"
     meta = json.loads((paths.BUNDLED_WEIGHTS_DIR / "acgan" / "config.json").read_text())
     assert meta["model"] == "acgan" and meta["image_size"] == 128 and meta["scheme"]["name"] == "acgan5"
     assert meta["align"]["preset"] == "utkface" and meta["model_config"]["w_bg"] > 0
-    argv = ["age", str(paths.EXAMPLE_PHOTO), "--model", "acgan", "--to", "10", "--to", "60", "--out", str(tmp_path)]
-    assert main(argv) == 0
-    photo = np.asarray(Image.open(paths.EXAMPLE_PHOTO).convert("RGB")).astype(np.int16)
-    young, old = (np.asarray(Image.open(tmp_path / f"astronaut_to{a}.png")).astype(np.int16) for a in (10, 60))
-    for aged in (young, old):
-        changed = np.abs(aged - photo).max(axis=2) > 0
-        rows, cols = np.nonzero(changed)
-        assert rows.min() > 40 and rows.max() < 220 and cols.min() > 130 and cols.max() < 320  # the face only
-    face = np.abs(old - young).max(axis=2) > 0
-    assert np.abs(old - young)[face].mean() > 3  # 10 and 60 give different faces
+    _ages_the_photo_inside_the_face_only("acgan", 10, 60, tmp_path)
 
 
 def test_bundled_acgan_ages_real_faces_in_order_keeping_identity(held_out_faces, estimated_ages):
@@ -151,16 +158,7 @@ def test_bundled_cycle_ships_in_float16_and_ages_the_bundled_photo_inside_the_fa
     assert meta["align"]["preset"] == "utkface" and meta["model_config"]["w_rec"] > 0
     stored = load_file(str(folder / "model.safetensors"))
     assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
-    argv = ["age", str(paths.EXAMPLE_PHOTO), "--model", "cycle", "--to", "8", "--to", "65", "--out", str(tmp_path)]
-    assert main(argv) == 0
-    photo = np.asarray(Image.open(paths.EXAMPLE_PHOTO).convert("RGB")).astype(np.int16)
-    young, old = (np.asarray(Image.open(tmp_path / f"astronaut_to{a}.png")).astype(np.int16) for a in (8, 65))
-    for aged in (young, old):
-        changed = np.abs(aged - photo).max(axis=2) > 0
-        rows, cols = np.nonzero(changed)
-        assert rows.min() > 40 and rows.max() < 220 and cols.min() > 130 and cols.max() < 320  # the face only
-    face = np.abs(old - young).max(axis=2) > 0
-    assert np.abs(old - young)[face].mean() > 3  # 8 and 65 give different faces
+    _ages_the_photo_inside_the_face_only("cycle", 8, 65, tmp_path)
 
 
 def test_bundled_cycle_ages_real_faces_in_order_keeping_identity(held_out_faces, estimated_ages):
