@@ -326,15 +326,16 @@ class Evaluator:
         t3 = time.perf_counter()
         metrics["age_sweep"], sweep = self.sweep(sources) if self.cfg.sweep_faces else (None, None)
         self.timing["sweep_s"] = time.perf_counter() - t3
-        t5 = time.perf_counter()
-        metrics["round_trip"] = self.round_trip(sources) if self.cfg.round_trip_faces and not self.latents else None
-        self.timing["round_trip_s"] = time.perf_counter() - t5
+        t4 = time.perf_counter()
+        trip = self.cfg.round_trip_faces and not self.latents
+        metrics["round_trip"] = self.round_trip(sources, reference, ref["emb"]) if trip else None
+        self.timing["round_trip_s"] = time.perf_counter() - t4
         metrics["latent_fitting"] = self._latent_fitting() if self.latents else None
         metrics["latent_reconstruction"] = None
         if self.cfg.recon_faces and self.latents and hasattr(self.G, "set_latent_fitting"):
-            t4 = time.perf_counter()
+            t5 = time.perf_counter()
             metrics["latent_reconstruction"] = self.latent_reconstruction(sources)
-            self.timing["latent_reconstruction_s"] = time.perf_counter() - t4
+            self.timing["latent_reconstruction_s"] = time.perf_counter() - t5
         self.timing["total_s"] = time.perf_counter() - t0
         metrics["timing"] = {k: round(v, 2) for k, v in self.timing.items()}
         attention = self.attention_maps(sources[np.array(list(grid), dtype=int)]) if grid else None
@@ -388,11 +389,12 @@ class Evaluator:
         return {**sweep_summary(ages, positions, est), "inputs_mean": float(inputs.mean())}, est
 
     @torch.no_grad()
-    def round_trip(self, sources: np.ndarray) -> dict:
+    def round_trip(self, sources: np.ndarray, reference: np.ndarray, ref_emb: np.ndarray) -> dict:
         """A seeded subset of the sources aged to the group farthest from their own (the oldest for the younger half
         of the groups, else the youngest), then aged back to their own group by the same generator: the cycle that a
         cycle-consistent model trains, run through the generator a user gets. L1 of the return to the input and
-        dlib verification (< 0.6) of the far output and of the return against the input."""
+        dlib verification (< 0.6) of the far output and of the return against the input, whose descriptor the
+        reference pass already has (``ref_emb``, rows of the sorted ``reference``, which holds every source)."""
         faces = _sample(sources, self.cfg.round_trip_faces, self.cfg.seed + 7)
         n, bs = self.scheme.num_groups, self.cfg.batch_size
         l1, far_dist, back_dist = [], [], []
@@ -403,9 +405,9 @@ class Evaluator:
             far = self._generate(self._encode(imgs, rows), torch.where(own < n / 2, n - 1.0, 0.0))
             back = self._generate(self._encode(far, rows), own)
             l1.append(np.abs(back.astype(np.float32) - imgs.astype(np.float32)).mean(axis=(1, 2, 3)) / 255.0)
-            emb = [self.judges.faces(batch)[0] for batch in (imgs, far, back)]
-            far_dist.append(np.linalg.norm(emb[1] - emb[0], axis=1))
-            back_dist.append(np.linalg.norm(emb[2] - emb[0], axis=1))
+            own_emb = ref_emb[np.searchsorted(reference, rows)]
+            far_dist.append(np.linalg.norm(self.judges.faces(far)[0] - own_emb, axis=1))
+            back_dist.append(np.linalg.norm(self.judges.faces(back)[0] - own_emb, axis=1))
         far_d, back_d = np.concatenate(far_dist), np.concatenate(back_dist)
         return {
             "n": int(len(faces)),
