@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import tiny_train
 from PIL import Image
 
+from faceage import losses
 from faceage.groups import get_scheme
 from faceage.models import get_model
 from faceage.models.cycle import CycleConfig, CycleGAN
@@ -134,22 +135,57 @@ def test_the_cycle_turns_x1_back_to_the_source_group(shared):
     assert (target != source).all() and ((0 <= target) & (target < 5)).all()
 
 
-def test_the_classifier_losses_are_cross_entropy_on_group_indices():
-    """A known case: an age head with zero weights gives every face the logits [0, 1, 2, 3, 4]; the
-    discriminator's term is their cross-entropy with the source groups, the generator's with the targets."""
-    model = _tiny(w_adv=0.0)
-    logits = torch.arange(5.0)
+LOGITS = torch.arange(5.0)
+
+
+def _age_terms(**changes) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """One step's generator and discriminator terms with an age head of zero weights, which gives every face the
+    logits ``LOGITS``; with the step's targets and the batch's source groups."""
+    model = _tiny(w_adv=0.0, **changes)
     with torch.no_grad():
         model.discriminator.age.weight.zero_()
-        model.discriminator.age.bias.copy_(logits)
+        model.discriminator.age.bias.copy_(LOGITS)
     targets = _record_targets(model.generator)
     batch = _batch()
     generator_phase, discriminator_phase = model.train_step(batch, step=0)
     g_terms, d_terms = generator_phase.loss(), discriminator_phase.loss()
-    expected_d = F.cross_entropy(logits.expand(4, 5), batch["group"])
-    torch.testing.assert_close(d_terms["d_age"], expected_d)
-    torch.testing.assert_close(d_terms["d_age"], -torch.log_softmax(logits, 0)[batch["group"]].mean())
-    torch.testing.assert_close(g_terms["g_age"], F.cross_entropy(logits.expand(4, 5), targets[0].long()))
+    return g_terms, d_terms, targets[0].long(), batch["group"]
+
+
+def test_the_classifier_losses_are_cross_entropy_on_group_indices():
+    """The discriminator's term is the logits' cross-entropy with the source groups, the generator's with the
+    targets."""
+    g_terms, d_terms, target, source = _age_terms()
+    torch.testing.assert_close(d_terms["d_age"], F.cross_entropy(LOGITS.expand(4, 5), source))
+    torch.testing.assert_close(d_terms["d_age"], -torch.log_softmax(LOGITS, 0)[source].mean())
+    torch.testing.assert_close(g_terms["g_age"], F.cross_entropy(LOGITS.expand(4, 5), target))
+
+
+def test_age_sigma_makes_both_age_terms_aim_at_neighbouring_groups_too():
+    """With ``age_sigma`` each age term is the cross-entropy toward a Gaussian over the groups around its label:
+    the target's for the generator, the source's for the discriminator."""
+    g_terms, d_terms, target, source = _age_terms(age_sigma=1.0)
+
+    def soft_ce(labels: torch.Tensor) -> torch.Tensor:
+        soft = torch.exp(-0.5 * (torch.arange(5.0)[None] - labels[:, None].float()) ** 2)
+        return -((soft / soft.sum(1, keepdim=True)) * torch.log_softmax(LOGITS, 0)).sum(1).mean()
+
+    torch.testing.assert_close(g_terms["g_age"], soft_ce(target))
+    torch.testing.assert_close(d_terms["d_age"], soft_ce(source))
+    assert not torch.allclose(g_terms["g_age"], F.cross_entropy(LOGITS.expand(4, 5), target))
+
+
+def test_a_graded_verdict_is_where_the_soft_age_term_stops_pulling():
+    """At logits equal to the Gaussian's logs the soft term's gradient vanishes; the hard one still pulls to 1."""
+    target = torch.tensor([4, 2])
+    soft = losses.label_distribution(target.float(), 5, 1.0)
+    assert soft[0, 4] < 0.6 and soft[0, 3] > 0.3  # at the last group the weight spills to its neighbours
+    graded = soft.log().requires_grad_()
+    losses.group_cross_entropy(graded, target, 1.0).backward()
+    assert graded.grad.abs().max() < 1e-6
+    hard = soft.log().requires_grad_()
+    losses.group_cross_entropy(hard, target).backward()
+    assert hard.grad.abs().max() > 0.1
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -25,13 +25,13 @@ from conftest import (
 )
 
 from faceage.eval.train_estimator import EstimatorTrainConfig, augment, to_input, train_age_estimator
+from faceage.losses import label_distribution
 from faceage.nn.age_estimator import (
     AgeEstimator,
     AgeEstimatorConfig,
     EstimatorInfo,
     dldl_loss,
     ids_digest,
-    label_distribution,
     load_estimator,
     sample_ids,
     save_estimator,

@@ -67,6 +67,10 @@ def test_resuming_may_change_training_settings_and_loss_weights_but_not_the_mode
     saved = load_config("tiny")
     check_resumable(saved, load_config("tiny", ["train.steps=100", "train.batch_size=8"]), "run")
     check_resumable(saved, load_config("tiny", ["model.w_cls=3", "model.w_cyc=5"]), "run")
+    cycle = load_config("cycle_utk128")  # a loss setting the model lists as tunable may change too
+    check_resumable(cycle, load_config("cycle_utk128", ["model.age_sigma=1"]), "run")
+    with pytest.raises(ValueError, match="\\(changed: bottleneck_blocks\\)"):
+        check_resumable(cycle, load_config("cycle_utk128", ["model.bottleneck_blocks=1"]), "run")
     with pytest.raises(ValueError, match="cannot change model on resume \\(changed: channels\\)"):
         check_resumable(saved, load_config("tiny", ["model.channels=4"]), "run")
     with pytest.raises(ValueError, match="train.scheme cannot change on resume"):

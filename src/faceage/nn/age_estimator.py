@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import nn
 
+from faceage.losses import label_distribution
 from faceage.utils import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
@@ -204,13 +205,6 @@ class AgeEstimator(nn.Module):
         """``(expected ages [B] float32, features [B, D] float32)`` for faces in [-1, 1], in eval mode."""
         j = self.judge(x, bf16=bf16)
         return j.age, j.features
-
-
-def label_distribution(ages: torch.Tensor, num_bins: int, sigma: float) -> torch.Tensor:
-    """Gaussian label distributions [B, num_bins] centred on ``ages`` (DLDL), normalised over the bins."""
-    bins = torch.arange(num_bins, device=ages.device, dtype=torch.float32)
-    logp = -0.5 * ((bins[None, :] - ages.float()[:, None]) / sigma) ** 2
-    return logp.softmax(dim=1)
 
 
 def dldl_loss(

@@ -167,16 +167,19 @@ def from_dict(data: dict) -> RunConfig:
 
 def check_resumable(saved: RunConfig, new: RunConfig, where: str | Path) -> None:
     """Raise unless ``new`` only changes what may change when resuming ``saved``: training settings and loss
-    weights (``model.w_*``, to fine-tune with another balance), not the age scheme, the image size or the
-    architecture."""
+    weights (``model.w_*``, and the loss settings a model config lists in ``resume_tunable``, to fine-tune with
+    another balance), not the age scheme, the image size or the architecture."""
     for key in ("scheme", "image_size"):
         if getattr(new.train, key) != getattr(saved.train, key):
             raise ValueError(
                 f"train.{key} cannot change on resume: {where} was trained with {getattr(saved.train, key)!r}"
             )
     old = dataclasses.asdict(saved.model_config)
+    tunable = getattr(new.model_config, "resume_tunable", frozenset())
     changed = sorted(
-        k for k, v in dataclasses.asdict(new.model_config).items() if old.get(k) != v and not k.startswith("w_")
+        k
+        for k, v in dataclasses.asdict(new.model_config).items()
+        if old.get(k) != v and not k.startswith("w_") and k not in tunable
     )
     if new.model != saved.model or changed:
         raise ValueError(
