@@ -142,7 +142,7 @@ def test_bundled_acgan_ships_small_and_ages_the_bundled_photo_inside_the_face_on
 def test_bundled_acgan_ages_real_faces_in_order_keeping_identity(held_out_faces, estimated_ages):
     inputs, young, old = _age_adults("acgan", held_out_faces, ["0-20", "51+"])
     before, younger, older = (estimated_ages(images).mean() for images in (inputs, young, old))
-    assert younger < before - 6 and older > before + 10  # measured: 25.5 years -> 14.3 (to 0-20), 41.9 (to 51+)
+    assert younger < before - 6 and older > before + 10  # measured: 25.5 years -> 13.7 (to 0-20), 43.9 (to 51+)
     assert _verified(inputs + inputs, young + old) >= 0.8 * 2 * len(inputs)  # measured 44 of 48
 
 
